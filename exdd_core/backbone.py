@@ -1,0 +1,172 @@
+"""Backbone features: any timm CNN cut with `features_only`, with random, ImageNet or local-file weights."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exdd_core.errors import MissingResourceError, ParamError
+from exdd_core.patches import Aggregation, aggregate_patches
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What determines the features: recorded verbatim in every store's provenance."""
+
+    name: str = "wide_resnet50_2"
+    weights: str = "random"  # "random", "imagenet", or a path to a .safetensors / .pth file
+    layers: tuple[int, ...] = (2, 3)
+    seed: int = 0  # seeds the random weights
+
+
+def _weights_kind(weights: str) -> str:
+    if weights in ("random", "imagenet"):
+        return weights
+    if weights.endswith(LOCAL_WEIGHT_SUFFIXES):
+        return "file"
+    raise ParamError(
+        f"backbone.weights: expected 'random', 'imagenet' or a path ending in {LOCAL_WEIGHT_SUFFIXES}, "
+        f"got {weights!r}"
+    )
+
+
+def _imagenet_help(name: str, cause: Exception) -> MissingResourceError:
+    return MissingResourceError(
+        f"ImageNet weights for timm model {name!r} are not in the local Hugging Face cache and cannot be "
+        f"downloaded here ({type(cause).__name__}). Get them on a machine with internet:\n"
+        f"  python -c \"import timm; timm.create_model('{name}', pretrained=True)\"\n"
+        f"then copy the cache folder (HF_HOME, default ~/.cache/huggingface) to this machine, or save the "
+        f"weights to a file and set backbone.weights: /path/to/weights.safetensors. A team can share that file "
+        f"through the DVC remote (dvc add weights/ && dvc push)."
+    )
+
+
+def create_backbone(spec: BackboneSpec, device: str = "cpu") -> torch.nn.Module:
+    """Build the cut backbone in eval mode on `device`. Fails fast with a helpful error if weights are missing.
+
+    Random weights keep timm's default `zero_init_last=True` (the last norm of every residual block starts at
+    zero), which is what makes random features usable at all; the provenance records it.
+    """
+    import timm
+
+    kind = _weights_kind(spec.weights)
+    kwargs: dict = dict(features_only=True, out_indices=tuple(spec.layers))
+    try:
+        if kind == "random":
+            torch.manual_seed(spec.seed)
+            model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        elif kind == "imagenet":
+            model = _create_imagenet(spec.name, kwargs)
+        else:
+            path = Path(spec.weights)
+            if not path.is_file():
+                raise MissingResourceError(
+                    f"backbone.weights: file {path} not found. Put the weights there (a full-model state dict as "
+                    f".safetensors, or .pth loadable with weights_only=True), or `dvc pull` it from the remote."
+                )
+            model = timm.create_model(
+                spec.name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
+            )
+    except RuntimeError as e:  # timm raises RuntimeError for unknown names, torch for bad state dicts
+        if "Unknown model" in str(e):
+            raise ParamError(f"backbone.name: timm has no model {spec.name!r}") from e
+        raise
+    return model.eval().to(device)
+
+
+def _create_imagenet(name: str, kwargs: dict) -> torch.nn.Module:
+    """pretrained=True, but never the ~50 s of network retries: offline mode unless the user opted in."""
+    import timm
+
+    offline_before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("EXDD_ALLOW_DOWNLOAD") != "1" else None
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:  # huggingface_hub raises several types (LocalEntryNotFoundError, OSError, ...)
+        if isinstance(e, MissingResourceError):
+            raise
+        msg = str(e)
+        if "Unknown model" in msg:
+            raise ParamError(f"backbone.name: timm has no model {name!r}") from e
+        raise _imagenet_help(name, e) from e
+    finally:
+        if offline_before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline_before
+
+
+def weights_fingerprint(spec: BackboneSpec) -> str:
+    """A short id of the weights actually used, for provenance (file hash for local weights)."""
+    kind = _weights_kind(spec.weights)
+    if kind == "random":
+        return f"random(seed={spec.seed}, zero_init_last=True)"
+    if kind == "imagenet":
+        return "imagenet(timm default pretrained tag)"
+    h = hashlib.sha256(Path(spec.weights).read_bytes()).hexdigest()[:16]
+    return f"file({Path(spec.weights).name}, sha256={h})"
+
+
+def to_tensor(images: list[np.ndarray] | np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> ImageNet-normalised float (N, 3, H, W)."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[None, :, None, None]
+    return (t - mean) / std
+
+
+class PatchFeatureExtractor:
+    """Images -> locally aware patch features (N, C, h, w) in one call (backbone + aggregation)."""
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        patch_size: int = 3,
+        aggregation: Aggregation = "padded_bilinear",
+        device: str = "cpu",
+    ) -> None:
+        self.spec = spec
+        self.patch_size = patch_size
+        self.aggregation = aggregation
+        self.device = device
+        self.model = create_backbone(spec, device)
+        self.channels = list(self.model.feature_info.channels())
+        self.reductions = list(self.model.feature_info.reduction())
+
+    @property
+    def dim(self) -> int:
+        return int(sum(self.channels))
+
+    @torch.inference_mode()
+    def __call__(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        x = to_tensor(images, self.device)
+        maps = self.model(x)
+        return aggregate_patches(list(maps), self.patch_size, self.aggregation)
+
+    def grid_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid for an image size, by running one blank image (exact for any timm padding rule)."""
+        blank = np.zeros((*image_size, 3), dtype=np.uint8)
+        return tuple(self(blank).shape[-2:])  # type: ignore[return-value]
+
+    def provenance(self) -> dict:
+        return {
+            "backbone": self.spec.name,
+            "weights": self.spec.weights,
+            "weights_id": weights_fingerprint(self.spec),
+            "layers": list(self.spec.layers),
+            "channels": self.channels,
+            "patch_size": self.patch_size,
+            "aggregation": self.aggregation,
+        }

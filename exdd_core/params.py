@@ -1,0 +1,222 @@
+"""Validation of params.yaml: unknown keys, wrong types and out-of-range values are refused with a message that
+names the key and what is allowed, before any expensive work starts."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exdd_core.errors import ParamError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One leaf of the schema: a type check plus an optional range / choice check, and a description."""
+
+    check: Callable[[Any], bool]
+    allowed: str
+
+    def __call__(self, key: str, value: Any) -> None:
+        try:
+            ok = self.check(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ParamError(f"params: {key} = {value!r} is not allowed; expected {self.allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Rule:
+    desc = "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    return Rule(lambda v: _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi), desc)
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Rule:
+    op = ">" if lo_open else ">="
+    desc = "a number" + (f" {op} {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+
+    def ok(v: Any) -> bool:
+        if not _is_num(v):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or v <= hi
+
+    return Rule(ok, desc)
+
+
+def choice(*options: Any) -> Rule:
+    return Rule(lambda v: v in options, "one of " + ", ".join(repr(o) for o in options))
+
+
+def text() -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.check(v), f"null or {rule.allowed}")
+
+
+def boolean() -> Rule:
+    return Rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def size_hw() -> Rule:
+    return Rule(
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and 32 <= x <= 8192 for x in v),
+        "[H, W]: two integers between 32 and 8192",
+    )
+
+
+def weights_rule() -> Rule:
+    suffixes = (".safetensors", ".pth", ".pt", ".bin")
+    return Rule(
+        lambda v: isinstance(v, str) and (v in ("random", "imagenet") or v.endswith(suffixes)),
+        f"'random', 'imagenet' or a path ending in one of {suffixes}",
+    )
+
+
+def layers_rule() -> Rule:
+    return Rule(
+        lambda v: (
+            isinstance(v, list)
+            and 1 <= len(v) <= 5
+            and all(_is_int(x) and 0 <= x <= 4 for x in v)
+            and v == sorted(set(v))
+        ),
+        "a sorted list of distinct timm feature indices between 0 and 4, e.g. [2, 3]",
+    )
+
+
+def prompts_rule() -> Rule:
+    return Rule(
+        lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(p, str) and p for p in v),
+        "a non-empty list of prompt strings",
+    )
+
+
+DEVICE = choice("auto", "cpu", "cuda")
+
+SCHEMA: dict[str, Any] = {
+    "seed": integer(0),
+    "data": {
+        "source": choice("demo", "ksdd2", "mvtec"),
+        "root": text(),
+        "zip": text(),
+        "image_size": size_hw(),
+        "demo": {
+            "train_normal": integer(1),
+            "train_defective": integer(0),
+            "test_normal": integer(1),
+            "test_defective": integer(1),
+        },
+    },
+    "synth": {
+        "backend": choice("procedural", "sdxl", "none"),
+        "count": integer(0),
+        "jitter": boolean(),
+        "diff_threshold": number(0.0, 1.0, lo_open=True),
+        "prompts": prompts_rule(),
+        "negative_prompt": Rule(lambda v: isinstance(v, str), "a string"),
+        "model": text(),
+        "steps": integer(1),
+        "guidance": number(0.0),
+        "strength": number(0.0, 1.0, lo_open=True),
+        "padding_mask_crop": optional(integer(0)),
+        "resolution": integer(64, 4096),
+        "device": DEVICE,
+        "batch_size": integer(1),
+    },
+    "backbone": {
+        "name": text(),
+        "weights": weights_rule(),
+        "layers": layers_rule(),
+        "device": DEVICE,
+    },
+    "features": {
+        "patch_size": Rule(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+        "aggregation": choice("padded_bilinear", "authors_code"),
+        "store_dim": optional(integer(1)),
+        "dtype": choice("float16", "float32"),
+    },
+    "bank": {
+        "normal_ratio": number(0.0, 1.0, lo_open=True),
+        "defect_ratio": number(0.0, 1.0, lo_open=True),
+        "min_size": integer(1),
+        "projection_dim": integer(1),
+        "coreset_method": choice("auto", "plain", "pruned"),
+        "mask_threshold": number(0.0, 1.0, lo_open=True),
+        "defect_patches": choice("mask", "bbox_crop"),
+        "device": DEVICE,
+    },
+    "scoring": {
+        "neighbors": integer(1),
+        "mode": choice("paper", "same_patch", "max_ratio"),
+        "eps": number(0.0, lo_open=True),
+        "sigma": number(0.0),
+        "map_reweight": boolean(),
+        "map_8bit": boolean(),
+        "device": DEVICE,
+    },
+    "eval": {
+        "max_fpr": number(0.0, 1.0, lo_open=True),
+        "heatmaps": integer(0),
+    },
+}
+
+
+def _validate(tree: Any, schema: dict[str, Any], prefix: str) -> None:
+    if not isinstance(tree, dict):
+        raise ParamError(
+            f"params: {prefix or 'the file'} must be a mapping of keys, got {type(tree).__name__}"
+        )
+    for key in tree:
+        if key not in schema:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            allowed = ", ".join(schema)
+            raise ParamError(f"params: unknown key {where}{hint}; allowed here: {allowed}")
+    for key, rule in schema.items():
+        where = f"{prefix}.{key}" if prefix else key
+        if key not in tree:
+            raise ParamError(f"params: missing key {where}")
+        if isinstance(rule, dict):
+            _validate(tree[key], rule, where)
+        else:
+            rule(where, tree[key])
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    """Check a whole params tree against SCHEMA and cross-field rules; return it unchanged."""
+    _validate(params, SCHEMA, "")
+    s = params["synth"]
+    if s["backend"] == "none" and s["count"] != 0:
+        raise ParamError("params: synth.count must be 0 when synth.backend is 'none'")
+    if params["bank"]["projection_dim"] > 100_000:
+        raise ParamError("params: bank.projection_dim is unreasonably large (expected e.g. 128)")
+    return params
+
+
+def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path}: params file not found")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path}: not valid YAML ({e})") from e
+    return validate(tree)

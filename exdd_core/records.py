@@ -1,0 +1,68 @@
+"""One record type for every data source: an image, its split and label, and its mask (if any)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from exdd_core.errors import InputError
+
+MANIFEST_FIELDS = ("id", "split", "label", "image", "mask")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image of a data set. `label` is 1 for defective, 0 for normal; `mask_path` is None for images
+    without a ground-truth mask (normal images, or defective ones of sources without pixel labels)."""
+
+    id: str
+    split: str  # "train" or "test"
+    label: int
+    image_path: Path
+    mask_path: Path | None = None
+
+
+def write_manifest(records: list[ImageRecord], path: Path, root: Path) -> None:
+    """Write records as CSV with paths relative to `root` (so a prepared folder can move with DVC)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(MANIFEST_FIELDS)
+        for r in records:
+            mask = "" if r.mask_path is None else Path(r.mask_path).relative_to(root).as_posix()
+            w.writerow([r.id, r.split, r.label, Path(r.image_path).relative_to(root).as_posix(), mask])
+
+
+def read_manifest(path: Path) -> list[ImageRecord]:
+    """Read a manifest written by `write_manifest`; paths are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found (run the stage that writes it first)")
+    root = path.parent
+    out: list[ImageRecord] = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
+            raise InputError(f"{path}: expected columns {MANIFEST_FIELDS}, found {reader.fieldnames}")
+        for row in reader:
+            out.append(
+                ImageRecord(
+                    id=row["id"],
+                    split=row["split"],
+                    label=int(row["label"]),
+                    image_path=root / row["image"],
+                    mask_path=(root / row["mask"]) if row["mask"] else None,
+                )
+            )
+    return out
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (manifest hashes in store provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,92 @@
+"""Logging, progress bars and the error boundary every stage runs inside.
+
+Stages log what ran, on which device, with which weights; long loops show a rich progress bar; an ExddError
+ends the stage with its message and exit code 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from exdd_core.errors import ExddError
+
+T = TypeVar("T")
+console = Console(stderr=True)
+log = logging.getLogger("exdd")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not log.handlers:
+        handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
+        log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = False
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=os.environ.get("EXDD_NO_PROGRESS") == "1",
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (images, samples...)."""
+    with _progress() as p:
+        task = p.add_task(description, total=total if total is not None else _len(items))
+        for it in items:
+            yield it
+            p.advance(task)
+
+
+@contextmanager
+def counter(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar advanced by a callback (coreset picks)."""
+    with _progress() as p:
+        task = p.add_task(description, total=total)
+        yield lambda n=1: p.advance(task, n)
+
+
+def _len(items: Any) -> int | None:
+    try:
+        return len(items)
+    except TypeError:
+        return None
+
+
+def run_stage(name: str, fn: Callable[[], str]) -> None:
+    """Run a stage body; log its one-line summary and duration; turn ExddError into a clean exit 1."""
+    setup_logging()
+    t0 = time.perf_counter()
+    try:
+        summary = fn()
+    except ExddError as e:
+        log.error("%s failed: %s", name, e)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("%s interrupted; no partial output was committed", name)
+        sys.exit(130)
+    log.info("%s done in %.1f s: %s", name, time.perf_counter() - t0, summary)

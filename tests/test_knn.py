@@ -1,0 +1,44 @@
+"""Chunked exact k-NN and in-bank neighbours against brute force."""
+
+import numpy as np
+import torch
+
+from exdd_core.knn import Bank
+
+
+def brute(q, b, k):
+    d = np.linalg.norm(q[:, None, :].astype(np.float64) - b[None].astype(np.float64), axis=2)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, 1), idx
+
+
+def test_knn_matches_brute_force_with_tiny_chunks():
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((257, 16)).astype(np.float32)
+    q = rng.standard_normal((70, 16)).astype(np.float32)
+    bank = Bank(b)
+    for k in (1, 3, 10):
+        d, i = bank.knn(q, k, bank_chunk=50, query_chunk=17)
+        rd, ri = brute(q, b, k)
+        np.testing.assert_allclose(d.numpy(), rd, rtol=1e-4, atol=1e-4)
+        assert np.array_equal(i.numpy(), ri)
+
+
+def test_knn_of_bank_members_is_zero_distance():
+    b = np.random.default_rng(1).standard_normal((40, 8)).astype(np.float32) * 10
+    d, i = Bank(b).knn(b, 1)
+    assert np.array_equal(i[:, 0].numpy(), np.arange(40))
+    assert float(d.max()) == 0.0  # winners' distances are recomputed exactly
+
+
+def test_neighbours_of_members_excludes_self_even_with_duplicates():
+    rng = np.random.default_rng(2)
+    b = rng.standard_normal((30, 5)).astype(np.float32)
+    b[7] = b[3]  # duplicate at distance 0
+    bank = Bank(b)
+    nn = bank.neighbours_of_members(torch.tensor([3, 7, 10]), 3).numpy()
+    assert nn.shape == (3, 3)
+    assert 3 not in nn[0] and 7 in nn[0]
+    assert 7 not in nn[1] and 3 in nn[1]
+    _, ref = brute(b[[10]], np.delete(b, 10, axis=0), 3)
+    assert sorted(nn[2].tolist()) == sorted([j if j < 10 else j + 1 for j in ref[0]])
