@@ -1,0 +1,250 @@
+"""Evaluation: score every test image with both banks (ExDD, three modes) and with the normal bank alone
+(PatchCore), compute image and pixel metrics, and write scores, curves and heatmap overlays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exdd_core.errors import InputError
+from exdd_core.imageio import load_image, load_mask, save_png
+from exdd_core.maps import anomaly_map
+from exdd_core.metrics import image_metrics, pixel_metrics, pr_points, roc_points
+from exdd_core.overlay import overlay, side_by_side
+from exdd_core.records import read_manifest
+from exdd_core.scoring import MODES, ScoringBank, score_image
+from exdd_core.store import Store, check_compatible
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    ids: list[str]
+    labels: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+def load_banks(normal: Path, defect: Path, test: Path) -> tuple[Store, Store, Store]:
+    """Open the three stores and refuse any pair built with different feature settings (SPEC item 4, issue 6)."""
+    bn, bp, ts = Store(normal), Store(defect), Store(test)
+    check_compatible(ts.attrs, bn.attrs, f"test features ({test}) and normal bank ({normal})")
+    check_compatible(ts.attrs, bp.attrs, f"test features ({test}) and defect bank ({defect})")
+    return bn, bp, ts
+
+
+def evaluate(
+    normal_bank: Path,
+    defect_bank: Path,
+    test_features: Path,
+    test_manifest: Path,
+    scoring: dict,
+    eval_params: dict,
+    device: str,
+    out_dir: Path,
+    progress: Callable = lambda it, desc, total: it,
+) -> EvalResult:
+    bn, bp, ts = load_banks(normal_bank, defect_bank, test_features)
+    records = {r.id: r for r in read_manifest(test_manifest)}
+    missing = [i for i in ts.images if i not in records]
+    if missing:
+        raise InputError(
+            f"{test_features}: images {missing[:3]} are not in {test_manifest} (stale features?)"
+        )
+    size = tuple(ts.attrs["image_size"])
+    grid = tuple(ts.attrs["grid"])
+    b = scoring["neighbors"]
+    nb = ScoringBank(bn.read_all(), b, device)
+    pb = ScoringBank(bp.read_all(), b, device) if len(bp) else None
+
+    n = len(ts.images)
+    labels = np.empty(n, dtype=np.int64)
+    scores: dict[str, np.ndarray] = {k: np.empty(n) for k in (*MODES, "patchcore", "patchcore_reweighted")}
+    maps_exdd = np.empty((n, *size), dtype=np.float32)
+    maps_pc = np.empty((n, *size), dtype=np.float32)
+    masks = np.zeros((n, *size), dtype=bool)
+    fallback = False
+    for i, image_id, rows, _ in progress(ts.iter_images(), "evaluate", n):
+        rec = records[image_id]
+        res = score_image(rows, grid, nb, pb, eps=scoring["eps"], map_reweight=scoring["map_reweight"])
+        fallback |= res.fallback
+        labels[i] = rec.label
+        for m in MODES:
+            scores[m][i] = res.exdd[m]
+        scores["patchcore"][i] = res.patchcore
+        scores["patchcore_reweighted"][i] = res.patchcore_reweighted
+        maps_exdd[i] = anomaly_map(res.ratio_map, size, scoring["sigma"], quantize_8bit=scoring["map_8bit"])
+        maps_pc[i] = anomaly_map(res.normal_map, size, scoring["sigma"])
+        if rec.mask_path is not None:
+            masks[i] = load_mask(rec.mask_path, size)
+
+    default = scoring["mode"]
+    px_exdd = pixel_metrics(masks, maps_exdd, eval_params["max_fpr"])
+    px_pc = pixel_metrics(masks, maps_pc, eval_params["max_fpr"])
+    modes = {m: _image_block(labels, scores[m]) for m in MODES}
+    metrics: dict[str, Any] = {
+        "exdd": {**modes[default], **_pixel_block(px_exdd), "mode": default},
+        "patchcore": {**_image_block(labels, scores["patchcore"]), **_pixel_block(px_pc)},
+        "patchcore_reweighted": _image_block(labels, scores["patchcore_reweighted"]),
+        "modes": modes,
+        "fallback": bool(fallback),
+        "test_images": {"normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())},
+        "bank_sizes": {"normal": len(bn), "defect": len(bp)},
+        "coverage_radius": {
+            "normal": bn.attrs.get("coverage_radius"),
+            "defect": bp.attrs.get("coverage_radius"),
+        },
+    }
+    ids = list(ts.images)
+    scores["exdd"] = scores[default]
+    _write_outputs(out_dir, ids, labels, scores, metrics)
+    thr = metrics["exdd"]["threshold"]
+    write_heatmaps(
+        out_dir,
+        ids,
+        labels,
+        scores["exdd"],
+        maps_exdd,
+        masks,
+        records,
+        size,
+        thr if thr is not None else float(np.median(scores["exdd"])),
+        eval_params["heatmaps"],
+    )
+    return EvalResult(metrics, ids, labels, scores)
+
+
+def _round(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def _image_block(labels: np.ndarray, s: np.ndarray) -> dict[str, float | None]:
+    m = image_metrics(labels, s)
+    return {
+        "image_auroc": _round(m["auroc"]),
+        "image_ap": _round(m["ap"]),
+        "image_f1_max": _round(m["f1_max"]),
+        "threshold": _round(m["f1_threshold"]),
+    }
+
+
+def _pixel_block(m: dict[str, float]) -> dict[str, float | None]:
+    return {"pixel_auroc": _round(m["auroc"]), "pixel_ap": _round(m["ap"]), "aupro": _round(m["aupro"])}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: dict, metrics: dict) -> None:
+    """scores.csv (per image, every score), ROC/PR curves and score distributions for DVC plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"image": i, "label": int(labels[k]), **{m: f"{scores[m][k]:.8g}" for m in scores}}
+        for k, i in enumerate(ids)
+    ]
+    _atomic_text(out_dir / "scores.csv", _csv_text(rows))
+    plots = out_dir / "plots"
+    for name, key in (("exdd", "exdd"), ("patchcore", "patchcore")):
+        if len(np.unique(labels)) == 2:
+            _atomic_text(plots / f"roc_{name}.csv", _csv_text(roc_points(labels, scores[key])))
+            _atomic_text(plots / f"pr_{name}.csv", _csv_text(pr_points(labels, scores[key])))
+    dist = [
+        {
+            "image": i,
+            "label": "defective" if labels[k] else "normal",
+            "exdd": float(scores["exdd"][k]),
+            "patchcore": float(scores["patchcore"][k]),
+        }
+        for k, i in enumerate(ids)
+    ]
+    _atomic_text(plots / "scores.csv", _csv_text(dist))
+    _atomic_text(out_dir / "summary.json", json.dumps(metrics, indent=2))
+
+
+def pick_cases(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, how_many: int
+) -> list[tuple[str, int]]:
+    """(kind, index) of the best, worst and borderline test images, about a third each, no repeats."""
+    order = np.argsort(scores)
+    defective = [int(i) for i in order[::-1] if labels[i] == 1]
+    normal = [int(i) for i in order if labels[i] == 0]
+    border = [int(i) for i in np.argsort(np.abs(scores - threshold))]
+    queues = [
+        ("best-defect", defective),
+        ("best-normal", normal),
+        ("missed-defect", defective[::-1]),
+        ("false-alarm", normal[::-1]),
+        ("borderline", border),
+    ]
+    picked: list[tuple[str, int]] = []
+    seen: set[int] = set()
+    while len(picked) < min(how_many, len(labels)):
+        progressed = False
+        for kind, q in queues:
+            while q and q[0] in seen:
+                q.pop(0)
+            if q and len(picked) < how_many:
+                idx = q.pop(0)
+                picked.append((kind, idx))
+                seen.add(idx)
+                progressed = True
+        if not progressed:
+            break
+    return picked
+
+
+def write_heatmaps(
+    out_dir: Path,
+    ids: list[str],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    records: dict,
+    size: tuple[int, int],
+    threshold: float,
+    how_many: int,
+) -> Path | None:
+    """One PNG with an overlay per chosen case (ground truth outlined), titled with kind and score."""
+    from PIL import Image, ImageDraw
+
+    if how_many <= 0:
+        return None
+    cases = pick_cases(labels, scores, threshold, how_many)
+    lo, hi = np.percentile(maps, [1.0, 99.9])
+    panels = []
+    for kind, k in cases:
+        img = load_image(records[ids[k]].image_path, size)
+        over = overlay(img, maps[k], float(lo), float(hi), masks[k])
+        pil = Image.fromarray(side_by_side(img, over))
+        draw = ImageDraw.Draw(pil)
+        draw.rectangle([0, 0, pil.width, 30], fill=(0, 0, 0))
+        draw.text((4, 2), f"{kind}: {ids[k]}", fill=(255, 255, 255))
+        draw.text((4, 16), f"score {scores[k]:.4g} (thr {threshold:.4g})", fill=(255, 255, 255))
+        panels.append(np.asarray(pil))
+    grid = side_by_side(*panels, gap=8)
+    path = out_dir / "heatmaps.png"
+    save_png(path, grid)
+    return path

@@ -1,0 +1,108 @@
+"""The prepare step: read any data source and write one normalised layout that every later stage reads.
+
+    <out>/train_normal/     images/<id>.png + manifest.csv
+    <out>/train_defective/  images/, masks/ (0/255) + manifest.csv
+    <out>/test/             images/, masks/ + manifest.csv
+
+Every image is resized to `image_size` (H, W) and converted to 8-bit RGB here, once; masks are resized with
+nearest neighbour. Each folder is written to a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from exdd_core.errors import InputError
+from exdd_core.imageio import image_size_of, load_image, load_mask, save_png
+from exdd_core.records import ImageRecord, write_manifest
+
+GROUPS = ("train_normal", "train_defective", "test")
+
+
+def group_of(r: ImageRecord) -> str:
+    if r.split == "test":
+        return "test"
+    return "train_defective" if r.label else "train_normal"
+
+
+def read_source(data: dict, seed: int, scratch: Path) -> list[ImageRecord]:
+    """Records of the configured source (`data.source`), generating the demo set into `scratch` if needed."""
+    source = data["source"]
+    size = tuple(data["image_size"])
+    if source == "demo":
+        from exdd_core.sources.demo import generate_demo
+
+        d = data["demo"]
+        return generate_demo(
+            scratch,
+            seed=seed,
+            image_size=size,
+            train_normal=d["train_normal"],
+            train_defective=d["train_defective"],
+            test_normal=d["test_normal"],
+            test_defective=d["test_defective"],
+        )
+    if source == "ksdd2":
+        from exdd_core.sources.ksdd2 import ensure_ksdd2, read_ksdd2
+
+        root = ensure_ksdd2(Path(data["root"]), Path(data["zip"]))
+        return read_ksdd2(root, "train") + read_ksdd2(root, "test")
+    if source == "mvtec":
+        from exdd_core.sources.mvtec import read_mvtec
+
+        root = Path(data["root"])
+        return read_mvtec(root, "train") + read_mvtec(root, "test")
+    raise InputError(f"data.source: unknown source {source!r}")
+
+
+def write_prepared(
+    records: list[ImageRecord],
+    out: Path,
+    image_size: tuple[int, int],
+    progress: Callable = lambda it, desc, total: it,
+) -> dict[str, int]:
+    """Normalise `records` into the three prepared folders under `out`; returns the count per group."""
+    counts: dict[str, int] = {}
+    for group in GROUPS:
+        recs = [r for r in records if group_of(r) == group]
+        if not recs:
+            raise InputError(
+                f"the data source has no {group.replace('_', ' ')} images (each of train normal, train "
+                f"defective and test must be non-empty; a run without real defects needs at least one anyway "
+                f"for the synthesiser's masks)"
+            )
+        final = out / group
+        tmp = Path(tempfile.mkdtemp(prefix=f".{group}.partial-", dir=out))
+        try:
+            prepared: list[ImageRecord] = []
+            for r in progress(recs, f"prepare {group}", len(recs)):
+                img = load_image(r.image_path, image_size)
+                img_path = tmp / "images" / f"{r.id}.png"
+                save_png(img_path, img)
+                mask_path = None
+                if r.mask_path is not None and group != "train_normal":
+                    mask = load_mask(
+                        r.mask_path, image_size, image_size_of_source=image_size_of(r.image_path)
+                    )
+                    if r.label and not mask.any():
+                        raise InputError(f"{r.mask_path}: defective image {r.id} has an empty mask")
+                    mask_path = tmp / "masks" / f"{r.id}.png"
+                    save_png(mask_path, mask.astype(np.uint8) * 255)
+                elif r.label and r.mask_path is None and group == "train_defective":
+                    raise InputError(f"{r.image_path}: defective training image without a mask")
+                prepared.append(ImageRecord(r.id, r.split, r.label, img_path, mask_path))
+            write_manifest(prepared, tmp / "manifest.csv", tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        counts[group] = len(recs)
+    return counts

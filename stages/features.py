@@ -1,0 +1,69 @@
+"""Stages features_normal / features_defect / features_test: backbone patch features -> features/<which>.zarr.
+
+Usage: python stages/features.py normal|defect|test
+"""
+
+import sys
+from pathlib import Path
+
+from exdd_core.errors import ParamError
+from exdd_core.extract import make_extractor, write_store
+from exdd_core.knn import resolve_device
+from exdd_core.params import load_params
+from exdd_core.records import read_manifest
+from exdd_core.runlog import log, run_stage, track
+
+PREPARED = Path("data/prepared")
+SYNTHETIC = Path("data/synthetic")
+OUT = Path("features")
+
+
+def main(which: str) -> str:
+    p = load_params()
+    if which == "normal":
+        manifests = [PREPARED / "train_normal" / "manifest.csv"]
+    elif which == "defect":
+        manifests = [PREPARED / "train_defective" / "manifest.csv", SYNTHETIC / "manifest.csv"]
+    elif which == "test":
+        manifests = [PREPARED / "test" / "manifest.csv"]
+    else:
+        raise ParamError(f"features stage: expected normal, defect or test, got {which!r}")
+    records = [r for m in manifests for r in read_manifest(m)]
+    device = resolve_device(p["backbone"]["device"])
+    extractor = make_extractor(p["backbone"], p["features"], p["seed"], device)
+    prov = extractor.provenance()
+    log.info(
+        "backbone %s, weights %s, layers %s, device %s",
+        prov["backbone"],
+        prov["weights_id"],
+        prov["layers"],
+        device,
+    )
+    if p["backbone"]["weights"] == "random":
+        log.warning("random backbone weights: numbers are not comparable to the paper")
+    selection = p["bank"]["defect_patches"] if which == "defect" else "all"
+    OUT.mkdir(exist_ok=True)
+    out = OUT / f"{which}.zarr"
+    summary = write_store(
+        records,
+        out,
+        extractor,
+        image_size=tuple(p["data"]["image_size"]),
+        features=p["features"],
+        seed=p["seed"],
+        manifests=manifests,
+        kind=which,
+        selection=selection,
+        mask_threshold=p["bank"]["mask_threshold"],
+        progress=lambda it, desc, total: track(it, desc, total),
+    )
+    if which == "defect" and summary["rows"] == 0:
+        log.warning(
+            "no defect patches selected: the defect bank will be empty and ExDD falls back to PatchCore"
+        )
+    return f"{out}: {summary['images']} images, {summary['rows']} rows, device={device}, weights={prov['weights_id']}"
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else ""
+    run_stage(f"features_{which}", lambda: main(which))

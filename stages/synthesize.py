@@ -1,0 +1,49 @@
+"""Stage synthesize: paint synth.count defects into normal training images -> data/synthetic/."""
+
+from pathlib import Path
+
+from exdd_core.params import load_params
+from exdd_core.records import read_manifest
+from exdd_core.runlog import log, run_stage, track
+from exdd_core.synth.run import ProceduralBackend, synthesize
+
+PREPARED = Path("data/prepared")
+OUT = Path("data/synthetic")
+
+
+def make_backend(synth: dict):
+    if synth["backend"] == "procedural":
+        return ProceduralBackend()
+    if synth["backend"] == "sdxl":
+        from exdd_core.synth.sdxl import SdxlBackend
+
+        return SdxlBackend.from_params(synth, log=log.info)
+    return None
+
+
+def main() -> str:
+    p = load_params()
+    s = p["synth"]
+    normal = read_manifest(PREPARED / "train_normal" / "manifest.csv")
+    defective = read_manifest(PREPARED / "train_defective" / "manifest.csv")
+    backend = make_backend(s) if s["count"] else None
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    summary = synthesize(
+        normal,
+        defective,
+        OUT,
+        backend=backend,
+        count=s["count"],
+        seed=p["seed"],
+        prompts=s["prompts"],
+        jitter=s["jitter"],
+        diff_threshold=s["diff_threshold"],
+        image_size=tuple(p["data"]["image_size"]),
+        log=log.warning,
+        progress=lambda it, desc, total: track(it, desc, total),
+    )
+    return f"backend={s['backend']} " + " ".join(f"{k}={v}" for k, v in summary.items())
+
+
+if __name__ == "__main__":
+    run_stage("synthesize", main)

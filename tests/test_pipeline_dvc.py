@@ -1,0 +1,131 @@
+"""End-to-end DVC tests on a tiny profile: the pipeline runs, only affected stages rerun, and a remote shares
+every artifact so a fresh clone reruns nothing. Slow (minutes): marked `slow`, run in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ["dvc.yaml", "params.yaml", "stages", "exdd_core", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def tiny_params(params: dict) -> dict:
+    """The smallest profile that still exercises every stage (resnet18 at 128 x 64, a handful of images)."""
+    params["data"]["image_size"] = [128, 64]
+    params["data"]["demo"] = dict(train_normal=6, train_defective=3, test_normal=4, test_defective=4)
+    params["synth"]["count"] = 2
+    params["backbone"]["name"] = "resnet18"
+    params["bank"]["min_size"] = 20
+    params["eval"]["heatmaps"] = 2
+    return params
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{out[-4000:]}"
+    return out
+
+
+def ran_stages(output: str) -> set[str]:
+    """Stages DVC says it ran (not skipped, not restored from the run-cache)."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("exdd-project")
+    for name in COPY:
+        src = REPO / name
+        dst = root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "EXDD_NO_PROGRESS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "tiny exdd project"], root, env)
+    out = run(["dvc", "repro"], root, env)
+    assert ran_stages(out) == {
+        "prepare",
+        "synthesize",
+        "features_normal",
+        "features_defect",
+        "features_test",
+        "bank_normal",
+        "bank_defect",
+        "evaluate",
+    }
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "first repro"], root, env)
+    return root, env
+
+
+def test_repro_outputs(project):
+    root, _ = project
+    m = json.loads((root / "metrics.json").read_text())
+    assert set(m["modes"]) == {"paper", "same_patch", "max_ratio"}
+    for block in (m["exdd"], m["patchcore"]):
+        assert 0.0 <= block["image_auroc"] <= 1.0 and 0.0 <= block["pixel_auroc"] <= 1.0
+    assert m["comparable_to_paper"] is False
+    assert m["profile"]["weights"] == "random" and m["profile"]["synth_count"] == 2
+    assert m["bank_sizes"]["normal"] == 20
+    assert (root / "eval" / "heatmaps.png").stat().st_size > 0
+    lines = (root / "eval" / "scores.csv").read_text().splitlines()
+    assert len(lines) == 1 + 8
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("synth.count=3", {"synthesize", "features_defect", "bank_defect", "evaluate"}),
+        ("scoring.neighbors=2", {"evaluate"}),
+        ("bank.normal_ratio=0.05", {"bank_normal", "evaluate"}),
+    ],
+)
+def test_exp_run_reruns_only_affected_stages(project, change, expected):
+    root, env = project
+    try:
+        out = run(["dvc", "exp", "run", "-S", change], root, env)
+        assert ran_stages(out) == expected, out[-3000:]
+    finally:
+        run(["git", "checkout", "--", "."], root, env)
+        run(["dvc", "checkout", "--force"], root, env)
+
+
+def test_remote_push_clone_pull_reruns_nothing(project, tmp_path):
+    root, env = project
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "add remote"], root, env)
+    run(["dvc", "push", "--run-cache"], root, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    clone_env = {**env, "PYTHONPATH": str(clone)}
+    run(["dvc", "pull"], clone, clone_env)
+    assert (clone / "banks" / "normal.zarr" / "zarr.json").is_file()
+    out = run(["dvc", "repro"], clone, clone_env)
+    assert ran_stages(out) == set(), out[-3000:]
+    assert "didn't change" in out or "up to date" in out.lower()
