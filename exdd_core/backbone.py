@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exdd_core.errors import MissingResourceError, ParamError
+from exdd_core.errors import InputError, MissingResourceError, ParamError
 from exdd_core.patches import Aggregation, aggregate_patches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,14 +73,44 @@ def create_backbone(spec: BackboneSpec, device: str = "cpu") -> torch.nn.Module:
                     f"backbone.weights: file {path} not found. Put the weights there (a full-model state dict as "
                     f".safetensors, or .pth loadable with weights_only=True), or `dvc pull` it from the remote."
                 )
+            keys = _weights_file_keys(path)
             model = timm.create_model(
                 spec.name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
             )
+            missing = [k for k in model.state_dict() if k not in keys]
+            if missing:
+                raise InputError(
+                    f"backbone.weights: {path} lacks {len(missing)} tensors of {spec.name} "
+                    f"(e.g. {missing[:3]}); is it a full-model state dict of this architecture?"
+                )
     except RuntimeError as e:  # timm raises RuntimeError for unknown names, torch for bad state dicts
         if "Unknown model" in str(e):
             raise ParamError(f"backbone.name: timm has no model {spec.name!r}") from e
         raise
     return model.eval().to(device)
+
+
+def _weights_file_keys(path: Path) -> set[str]:
+    """The tensor names of a weights file, refusing anything but tensors: safetensors, or a pickle that
+    `torch.load(weights_only=True)` accepts. timm loads with weights_only=True too, but the guarantee is ours to
+    keep whatever timm's version does; and timm loads non-strictly, so the caller checks the names."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return set(f.keys())
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict):
+            raise TypeError(f"expected a dict of tensors, got {type(sd).__name__}")
+        return {k for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    except Exception as e:
+        raise InputError(
+            f"backbone.weights: {path} is not a plain tensor state dict ({type(e).__name__}: {e}); "
+            f"only .safetensors or weights_only-loadable .pth files are accepted"
+        ) from e
 
 
 def _create_imagenet(name: str, kwargs: dict) -> torch.nn.Module:
@@ -121,7 +151,10 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, device: str = "cpu") -> tor
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
-    t = torch.from_numpy(np.array(arr, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    t = (
+        torch.from_numpy(np.array(arr, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).to(torch.float32)
+        / 255.0
+    )
     mean = torch.tensor(IMAGENET_MEAN, device=device)[None, :, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[None, :, None, None]
     return (t - mean) / std

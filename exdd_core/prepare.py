@@ -10,14 +10,12 @@ nearest neighbour. Each folder is written to a temporary name and renamed when c
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from exdd_core.atomic import atomic_dir
 from exdd_core.errors import InputError
 from exdd_core.imageio import image_size_of, load_image, load_mask, save_png
 from exdd_core.records import ImageRecord, write_manifest
@@ -77,9 +75,7 @@ def write_prepared(
                 f"defective and test must be non-empty; a run without real defects needs at least one anyway "
                 f"for the synthesiser's masks)"
             )
-        final = out / group
-        tmp = Path(tempfile.mkdtemp(prefix=f".{group}.partial-", dir=out))
-        try:
+        with atomic_dir(out / group) as tmp:
             prepared: list[ImageRecord] = []
             for r in progress(recs, f"prepare {group}", len(recs)):
                 img = load_image(r.image_path, image_size)
@@ -98,11 +94,5 @@ def write_prepared(
                     raise InputError(f"{r.image_path}: defective training image without a mask")
                 prepared.append(ImageRecord(r.id, r.split, r.label, img_path, mask_path))
             write_manifest(prepared, tmp / "manifest.csv", tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         counts[group] = len(recs)
     return counts

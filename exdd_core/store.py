@@ -9,7 +9,7 @@ Layout of a store (a Zarr v3 group):
     attrs        provenance (backbone, weights, layers, patch size, image size, grid, projection seed, stored
                  dim, source manifest hash, ...), the image ids and each image's row offsets
 
-A writer fills `<path>.partial-<pid>` and renames it to `<path>` only when complete, so an interrupted stage
+A writer fills `.<name>.partial-<pid>` beside `<path>` and renames it to `<path>` only when complete, so an interrupted stage
 never leaves a half store where DVC would cache it.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from exdd_core.atomic import clean_stale_partials, partial_prefix, replace_path
 from exdd_core.errors import InputError, MismatchError
 
 FORMAT = "exdd-features/1"
@@ -51,12 +52,6 @@ def chunk_rows_for(dim: int, itemsize: int) -> int:
     return 1 << (rows - 1).bit_length()
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final) if final.is_dir() else final.unlink()
-    os.replace(tmp, final)
-
-
 class StoreWriter:
     """Append patch rows image by image; nothing is visible at `path` until `commit()` (or a clean `with`)."""
 
@@ -69,9 +64,9 @@ class StoreWriter:
         chunk_rows: int | None = None,
     ):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f"{self.path.name}.partial-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_partials(self.path)
+        self.tmp = self.path.with_name(f"{partial_prefix(self.path)}{os.getpid()}")
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
         self.chunk_rows = chunk_rows or chunk_rows_for(self.dim, self.dtype.itemsize)
@@ -144,7 +139,7 @@ class StoreWriter:
         self.group.attrs.update(
             {**self.attrs, "format": FORMAT, "images": self.images, "offsets": self.offsets, "dim": self.dim}
         )
-        _replace_dir(self.tmp, self.path)
+        replace_path(self.tmp, self.path)
         self._done = True
         return self.path
 

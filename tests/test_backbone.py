@@ -1,0 +1,86 @@
+"""Backbone features: shapes, local weights, and the offline ImageNet error."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from exdd_core.backbone import BackboneSpec, PatchFeatureExtractor, create_backbone
+from exdd_core.errors import InputError, MissingResourceError, ParamError
+
+IMG = np.random.default_rng(0).integers(0, 256, (632, 224, 3), dtype=np.uint8)
+
+
+def test_wrn50_shapes_at_632x224():
+    ex = PatchFeatureExtractor(BackboneSpec("wide_resnet50_2", "random", (2, 3)), 3)
+    assert ex.channels == [512, 1024] and ex.reductions == [8, 16]
+    f = ex(IMG)
+    assert f.shape == (1, 1536, 79, 28)
+    assert torch.isfinite(f).all()
+
+
+def test_resnet18_shapes_and_authors_aggregation():
+    ex = PatchFeatureExtractor(BackboneSpec("resnet18", "random", (2, 3)), 3)
+    assert ex(IMG).shape == (1, 384, 79, 28)
+    ex2 = PatchFeatureExtractor(BackboneSpec("resnet18", "random", (2, 3)), 3, "authors_code")
+    assert ex2(IMG).shape == (1, 384, 77, 26)  # unpadded 3x3 pooling loses one cell per side
+
+
+def test_random_weights_are_seeded():
+    a = create_backbone(BackboneSpec("resnet18", seed=1, layers=(2,)))
+    b = create_backbone(BackboneSpec("resnet18", seed=1, layers=(2,)))
+    c = create_backbone(BackboneSpec("resnet18", seed=2, layers=(2,)))
+    wa, wb, wc = (m.state_dict()["conv1.weight"] for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_local_safetensors_and_pth_weights_load_exactly(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    full = timm.create_model("resnet18", pretrained=False)
+    sd = {k: v.contiguous() for k, v in full.state_dict().items()}
+    save_file(sd, tmp_path / "w.safetensors")
+    torch.save(sd, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        m = create_backbone(BackboneSpec("resnet18", str(tmp_path / name), (2, 3)))
+        got = m.state_dict()
+        for k in ("conv1.weight", "layer3.1.bn2.running_var", "layer2.0.conv1.weight"):
+            assert torch.equal(got[k], sd[k]), (name, k)
+
+
+class Payload:
+    """Stands for arbitrary code in a pickle: weights_only=True must refuse to build it."""
+
+
+def test_pickled_objects_and_foreign_weights_are_refused(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"x": Payload()}, bad)
+    with pytest.raises(InputError, match=r"evil\.pth"):
+        create_backbone(BackboneSpec("resnet18", str(bad), (2,)))
+    other = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, other)  # not a resnet18 state dict
+    with pytest.raises(InputError, match="lacks"):
+        create_backbone(BackboneSpec("resnet18", str(other), (2,)))
+
+
+def test_missing_weights_file_and_bad_names():
+    with pytest.raises(MissingResourceError, match="not found"):
+        create_backbone(BackboneSpec("resnet18", "/nonexistent/w.safetensors"))
+    with pytest.raises(ParamError, match="backbone.weights"):
+        create_backbone(BackboneSpec("resnet18", "weights.txt"))
+    with pytest.raises(ParamError, match="no model"):
+        create_backbone(BackboneSpec("not_a_net", "random"))
+
+
+def test_imagenet_offline_fails_fast_with_help(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    t0 = time.perf_counter()
+    with pytest.raises(MissingResourceError) as e:
+        create_backbone(BackboneSpec("resnet18", "imagenet", (2, 3)))
+    assert time.perf_counter() - t0 < 10
+    msg = str(e.value)
+    assert "timm.create_model('resnet18', pretrained=True)" in msg and "HF_HOME" in msg
