@@ -131,11 +131,15 @@ SCHEMA: dict[str, Any] = {
         "prompts": prompts_rule(),
         "negative_prompt": Rule(lambda v: isinstance(v, str), "a string"),
         "model": text(),
+        "revision": optional(text()),
+        "cache_dir": optional(text()),
         "steps": integer(1),
         "guidance": number(0.0),
         "strength": number(0.0, 1.0, lo_open=True),
         "padding_mask_crop": optional(integer(0)),
-        "resolution": integer(64, 4096),
+        "resolution": Rule(
+            lambda v: _is_int(v) and 64 <= v <= 4096 and v % 8 == 0, "an integer multiple of 8 in 64..4096"
+        ),
         "device": DEVICE,
         "batch_size": integer(1),
     },

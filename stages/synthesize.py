@@ -1,10 +1,15 @@
-"""Stage synthesize: paint synth.count defects into normal training images -> data/synthetic/."""
+"""Stage synthesize: paint synth.count defects into normal training images -> data/synthetic/.
+
+Generated samples are also kept in a per-sample cache (synth.cache_dir), so growing synth.count or changing
+post-processing (synth.diff_threshold) generates only what was never generated; data/synthetic itself is
+always the complete set, for DVC to track and share."""
 
 from pathlib import Path
 
 from exdd_core.params import load_params
 from exdd_core.records import read_manifest
 from exdd_core.runlog import log, run_stage, track
+from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.run import ProceduralBackend, synthesize
 
 PREPARED = Path("data/prepared")
@@ -27,6 +32,7 @@ def main() -> str:
     normal = read_manifest(PREPARED / "train_normal" / "manifest.csv")
     defective = read_manifest(PREPARED / "train_defective" / "manifest.csv")
     backend = make_backend(s) if s["count"] else None
+    cache = SampleCache(s["cache_dir"]) if s["cache_dir"] else None
     OUT.parent.mkdir(parents=True, exist_ok=True)
     summary = synthesize(
         normal,
@@ -39,7 +45,10 @@ def main() -> str:
         jitter=s["jitter"],
         diff_threshold=s["diff_threshold"],
         image_size=tuple(p["data"]["image_size"]),
-        log=log.warning,
+        cache=cache,
+        batch_size=s["batch_size"],
+        log=log.info,
+        warn=log.warning,
         progress=lambda it, desc, total: track(it, desc, total),
     )
     return f"backend={s['backend']} " + " ".join(f"{k}={v}" for k, v in summary.items())

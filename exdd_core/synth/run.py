@@ -2,8 +2,14 @@
 where each defect really is (the diff mask). Sample i depends only on (seed, i) - never on `count` - so growing
 the count keeps every existing sample and adds new ones.
 
-Backends share one interface, `generate(image, mask, recipe, prompt) -> image`; the procedural one runs on a CPU,
-the SDXL one (diffusers inpainting) is the paper's.
+Backends share one interface, `generate(image, mask, recipe, prompt) -> image` (plus, optionally,
+`generate_batch` for several samples per call and `cache_identity()` for the per-sample cache); the procedural
+one runs on a CPU, the SDXL one (diffusers inpainting, `exdd_core.synth.sdxl`) is the paper's.
+
+With a `SampleCache`, each raw backend output is stored under a key of everything that determines it, so a
+rerun - after growing `synth.count`, changing `synth.diff_threshold`, or a `dvc checkout` of another
+experiment - generates only the samples it has never generated. The output folder is always rewritten whole
+(DVC tracks the complete set), atomically.
 """
 
 from __future__ import annotations
@@ -12,24 +18,32 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from exdd_core.errors import ParamError
 from exdd_core.imageio import load_image, load_mask, save_png
 from exdd_core.records import ImageRecord, write_manifest
+from exdd_core.synth.cache import SampleCache, sample_key, source_digest
 from exdd_core.synth.diffmask import diff_mask, paste_outside
 from exdd_core.synth.plan import SampleRecipe, apply_jitter, plan_sample
 
 MAX_ATTEMPTS = 5
 PASTE_DILATE = 3
+FLUSH_EVERY = 64  # cached samples are finished in groups of this many, so memory stays bounded
 
 
 class Backend(Protocol):
+    """What synthesize needs from a backend. Optional extras, looked up with getattr: `generate_batch(images,
+    masks, recipes, prompts) -> list of images` (several samples per call), `cache_identity() -> dict` (plain
+    JSON of everything besides the sample's inputs that determines its output; without it nothing is cached)
+    and `describe() -> str` (model, device, dtype for the log)."""
+
     name: str
 
     def generate(
@@ -48,12 +62,73 @@ class ProceduralBackend:
         rng = np.random.default_rng([recipe.sample_seed, 1])
         return paint_defect(image, mask, rng, recipe.prompt_index)
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The painter's identity is its code: an edit to it must not be answered from the cache."""
+        import exdd_core.defects as defects
+        import exdd_core.synth.procedural as procedural
+
+        files = [Path(m.__file__) for m in (procedural, defects)] + [Path(__file__)]
+        return {"name": self.name, "code": source_digest(*files)}
+
+    def describe(self) -> str:
+        return "procedural (CPU painter)"
+
 
 def attempt_seed(seed: int, attempt: int) -> int:
     """The plan seed of a replacement attempt: attempt 0 is the run's seed itself."""
     if attempt == 0:
         return seed
     return int(np.random.SeedSequence([seed, 104729, attempt]).generate_state(1)[0])
+
+
+@dataclass
+class _Job:
+    """One attempt at sample `index`: its recipe and inputs, its cache key, and (once known) the raw output."""
+
+    index: int
+    attempt: int
+    recipe: SampleRecipe
+    prompt: str
+    image: np.ndarray
+    mask: np.ndarray
+    key: str | None = None
+    key_parts: dict[str, Any] | None = None
+    generated: np.ndarray | None = None
+
+
+@dataclass
+class _Stats:
+    replaced: int = 0
+    dropped: int = 0
+    generated: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+
+def _generate(backend: Backend, jobs: list[_Job]) -> list[np.ndarray]:
+    """One batched call when the backend has `generate_batch`, else one call per job."""
+    batch = getattr(backend, "generate_batch", None)
+    if batch is not None:
+        return list(
+            batch(
+                [j.image for j in jobs],
+                [j.mask for j in jobs],
+                [j.recipe for j in jobs],
+                [j.prompt for j in jobs],
+            )
+        )
+    return [backend.generate(j.image, j.mask, j.recipe, j.prompt) for j in jobs]
+
+
+def _check_output(backend: Backend, job: _Job, out: np.ndarray) -> np.ndarray:
+    """A backend must return a uint8 image of its input's shape; anything else is a bug worth naming."""
+    out = np.asarray(out)
+    if out.shape != job.image.shape or out.dtype != np.uint8:
+        raise ValueError(
+            f"backend {backend.name} returned {out.dtype} {out.shape} for sample {job.index}, "
+            f"expected uint8 {job.image.shape}"
+        )
+    return out
 
 
 def synthesize(
@@ -68,61 +143,97 @@ def synthesize(
     jitter: bool,
     diff_threshold: float,
     image_size: tuple[int, int],
+    cache: SampleCache | None = None,
+    batch_size: int = 1,
     log: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
     progress: Callable = lambda it, desc, total: it,
 ) -> dict:
-    """Write `count` synthetic defect images, their diff masks, a manifest and the recipes to `out`."""
+    """Write `count` synthetic defect images, their diff masks, a manifest and the recipes to `out`.
+
+    Samples whose diff mask is empty (the backend changed nothing visible) are reported through `warn` and
+    replaced by a fresh recipe for the same index, up to MAX_ATTEMPTS, then dropped (also reported). Up to
+    `batch_size` samples that are not in `cache` go to the backend in one call."""
     if count and backend is None:
         raise ParamError("synth.count > 0 needs a synth.backend (procedural or sdxl)")
+    if batch_size < 1:
+        raise ParamError(f"synth.batch_size must be >= 1, got {batch_size}")
+    warn = warn or log
     normal_ids = [r.id for r in normal]
     masks_src = [r for r in defective if r.mask_path is not None]
+    mask_ids = [r.id for r in masks_src]
     by_id = {r.id: r for r in normal} | {r.id: r for r in masks_src}
+    identity = None
+    if cache is not None and count:
+        ident = getattr(backend, "cache_identity", None)
+        identity = ident() if ident is not None else None
+        if identity is None:
+            log(f"backend {backend.name} has no cache identity: its samples are not cached")
+    stats = _Stats()
+    done: dict[int, tuple[ImageRecord, dict]] = {}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    replaced, dropped = 0, 0
-    records: list[ImageRecord] = []
-    recipes: list[dict] = []
-    try:
-        for i in progress(range(count), f"synthesize ({backend.name if backend else 'none'})", count):
-            for attempt in range(MAX_ATTEMPTS):
-                recipe = plan_sample(
-                    attempt_seed(seed, attempt),
-                    i,
-                    normal_ids,
-                    [r.id for r in masks_src],
-                    len(prompts),
-                    jitter,
-                )
-                image = load_image(by_id[recipe.normal_id].image_path, image_size)
-                mask = apply_jitter(load_mask(by_id[recipe.mask_id].mask_path, image_size), recipe)
-                prompt = prompts[recipe.prompt_index]
-                generated = backend.generate(image, mask, recipe, prompt)
-                generated = paste_outside(image, generated, mask, PASTE_DILATE)
-                dm = diff_mask(image, generated, mask, diff_threshold)
+
+    def make_job(i: int, attempt: int) -> _Job:
+        recipe = plan_sample(attempt_seed(seed, attempt), i, normal_ids, mask_ids, len(prompts), jitter)
+        image = load_image(by_id[recipe.normal_id].image_path, image_size)
+        mask = apply_jitter(load_mask(by_id[recipe.mask_id].mask_path, image_size), recipe)
+        job = _Job(i, attempt, recipe, prompts[recipe.prompt_index], image, mask)
+        if identity is not None:
+            job.key, job.key_parts = sample_key(identity, image, mask, job.prompt, recipe.sample_seed)
+            job.generated = cache.get(job.key, image.shape)
+            stats.cached += job.generated is not None
+        return job
+
+    def run(jobs: list[_Job]) -> None:
+        todo = [j for j in jobs if j.generated is None]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            t0 = time.perf_counter()
+            outs = _generate(backend, chunk)
+            stats.seconds += time.perf_counter() - t0
+            stats.generated += len(chunk)
+            for job, raw in zip(chunk, outs, strict=True):
+                job.generated = _check_output(backend, job, raw)
+                if job.key is not None:
+                    cache.put(job.key, job.generated, job.key_parts)
+
+    def finish(jobs: list[_Job]) -> None:
+        """Generate what is missing, keep samples with a defect, retry the others with their next attempt."""
+        while jobs:
+            run(jobs)
+            retry = []
+            for job in jobs:
+                final = paste_outside(job.image, job.generated, job.mask, PASTE_DILATE)
+                dm = diff_mask(job.image, final, job.mask, diff_threshold)
                 if dm.any():
-                    break
-                replaced += 1
-                log(
-                    f"synthetic sample {i} (attempt {attempt}) changed no pixel above the threshold: replaced"
-                )
-            else:
-                dropped += 1
-                log(f"synthetic sample {i}: {MAX_ATTEMPTS} attempts gave an empty diff mask; sample dropped")
-                continue
-            sid = f"syn_{i:05d}"
-            img_path, mask_path = tmp / "images" / f"{sid}.png", tmp / "masks" / f"{sid}.png"
-            save_png(img_path, generated)
-            save_png(mask_path, dm.astype(np.uint8) * 255)
-            records.append(ImageRecord(sid, "train", 1, img_path, mask_path))
-            recipes.append(
-                {
-                    "id": sid,
-                    **asdict(recipe),
-                    "prompt": prompt,
-                    "attempt": attempt,
-                    "diff_pixels": int(dm.sum()),
-                }
-            )
+                    done[job.index] = _write_sample(tmp, job, final, dm)
+                    continue
+                stats.replaced += 1
+                if job.attempt + 1 < MAX_ATTEMPTS:
+                    warn(
+                        f"synthetic sample {job.index} (attempt {job.attempt}) changed no pixel above the "
+                        "threshold: replaced"
+                    )
+                    retry.append(make_job(job.index, job.attempt + 1))
+                else:
+                    stats.dropped += 1
+                    warn(
+                        f"synthetic sample {job.index}: {MAX_ATTEMPTS} attempts gave an empty diff mask; "
+                        "sample dropped"
+                    )
+            jobs = retry
+
+    try:
+        pending: list[_Job] = []
+        for i in progress(range(count), f"synthesize ({backend.name if backend else 'none'})", count):
+            pending.append(make_job(i, 0))
+            if sum(j.generated is None for j in pending) >= batch_size or len(pending) >= FLUSH_EVERY:
+                finish(pending)
+                pending = []
+        finish(pending)
+        records = [done[i][0] for i in sorted(done)]
         write_manifest(records, tmp / "manifest.csv", tmp)
+        recipes = [done[i][1] for i in sorted(done)]
         (tmp / "recipes.json").write_text(json.dumps(recipes, indent=1, default=_jsonable))
         if out.exists():
             shutil.rmtree(out)
@@ -130,7 +241,46 @@ def synthesize(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"samples": len(records), "replaced": replaced, "dropped": dropped}
+    if count:
+        _log_timing(log, backend, stats, cache)
+    return {
+        "samples": len(done),
+        "replaced": stats.replaced,
+        "dropped": stats.dropped,
+        "generated": stats.generated,
+        "cached": stats.cached,
+    }
+
+
+def _write_sample(tmp: Path, job: _Job, final: np.ndarray, dm: np.ndarray) -> tuple[ImageRecord, dict]:
+    """Save image and diff mask of a kept sample; return its manifest record and its recipe entry."""
+    sid = f"syn_{job.index:05d}"
+    img_path, mask_path = tmp / "images" / f"{sid}.png", tmp / "masks" / f"{sid}.png"
+    save_png(img_path, final)
+    save_png(mask_path, dm.astype(np.uint8) * 255)
+    recipe = {
+        "id": sid,
+        **asdict(job.recipe),
+        "prompt": job.prompt,
+        "attempt": job.attempt,
+        "diff_pixels": int(dm.sum()),
+    }
+    if job.key is not None:
+        recipe["cache_key"] = job.key
+    return ImageRecord(sid, "train", 1, img_path, mask_path), recipe
+
+
+def _log_timing(
+    log: Callable[[str], None], backend: Backend, stats: _Stats, cache: SampleCache | None
+) -> None:
+    """One line: which backend (model, device, dtype), how many images were generated and how fast."""
+    what = getattr(backend, "describe", lambda: backend.name)()
+    per = f" ({stats.seconds / stats.generated:.2f} s/image)" if stats.generated else ""
+    where = f" from the cache at {cache.root}" if cache is not None else ""
+    log(
+        f"{what}: generated {stats.generated} image(s) in {stats.seconds:.1f} s{per}; {stats.cached} taken"
+        f"{where}"
+    )
 
 
 def _jsonable(x):
