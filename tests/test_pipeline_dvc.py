@@ -129,3 +129,68 @@ def test_remote_push_clone_pull_reruns_nothing(project, tmp_path):
     out = run(["dvc", "repro"], clone, clone_env)
     assert ran_stages(out) == set(), out[-3000:]
     assert "didn't change" in out or "up to date" in out.lower()
+
+
+def test_sigkill_mid_write_leaves_no_partial_output(project):
+    """Kill a stage (and DVC) while the store is being written: nothing half-written is left where DVC
+    caches, and the next `dvc repro` completes with the metrics of an uninterrupted run."""
+    import signal
+    import time
+
+    root, env = project
+    before = json.loads((root / "metrics.json").read_text())
+    proc = subprocess.Popen(
+        ["dvc", "repro", "-f", "-s", "features_normal"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    partial = []
+    while time.time() < deadline and proc.poll() is None:
+        partial = list((root / "features").glob(".normal.zarr.partial-*"))
+        if partial:
+            break
+        time.sleep(0.005)
+    assert partial, "the stage finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    store = root / "features" / "normal.zarr"
+    assert not store.exists() or (store / "zarr.json").is_file()
+    run(["dvc", "repro"], root, env)  # reruns or restores from the run-cache whatever the kill removed
+    assert "up to date" in run(["dvc", "status"], root, env)
+    assert json.loads((root / "metrics.json").read_text()) == before
+    # the stage itself, run again (not restored from the run-cache), removes the leftovers of the killed one
+    out = run(["dvc", "repro", "-f", "-s", "--no-run-cache", "features_normal"], root, env)
+    assert ran_stages(out) == {"features_normal"}
+    assert not list((root / "features").glob(".normal.zarr.partial-*"))
+    assert json.loads((root / "metrics.json").read_text()) == before
+
+
+def test_queued_sweep_runs_and_shows_table2(project):
+    """`dvc exp run --queue -S synth.count=0,3` + `dvc queue start` runs both; `dvc exp show` has their metrics."""
+    import time
+
+    root, env = project
+    run(["dvc", "exp", "run", "--queue", "-S", "synth.count=0,3"], root, env)
+    run(["dvc", "queue", "start"], root, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
+    counts = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                data = rev.get("data") or {}
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                metrics = data.get("metrics", {}).get("metrics.json", {}).get("data", {})
+                if "exdd" in metrics:
+                    counts[params["synth"]["count"]] = metrics["exdd"]["image_auroc"]
+    assert {0, 3} <= set(counts), shown
