@@ -15,9 +15,6 @@ experiment - generates only the samples it has never generated. The output folde
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from exdd_core.atomic import atomic_dir
 from exdd_core.errors import ParamError
 from exdd_core.imageio import load_image, load_mask, save_png
 from exdd_core.records import ImageRecord, write_manifest
@@ -171,7 +169,6 @@ def synthesize(
             log(f"backend {backend.name} has no cache identity: its samples are not cached")
     stats = _Stats()
     done: dict[int, tuple[ImageRecord, dict]] = {}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
 
     def make_job(i: int, attempt: int) -> _Job:
         recipe = plan_sample(attempt_seed(seed, attempt), i, normal_ids, mask_ids, len(prompts), jitter)
@@ -223,7 +220,7 @@ def synthesize(
                     )
             jobs = retry
 
-    try:
+    with atomic_dir(out) as tmp:
         pending: list[_Job] = []
         for i in progress(range(count), f"synthesize ({backend.name if backend else 'none'})", count):
             pending.append(make_job(i, 0))
@@ -235,12 +232,6 @@ def synthesize(
         write_manifest(records, tmp / "manifest.csv", tmp)
         recipes = [done[i][1] for i in sorted(done)]
         (tmp / "recipes.json").write_text(json.dumps(recipes, indent=1, default=_jsonable))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if count:
         _log_timing(log, backend, stats, cache)
     return {
