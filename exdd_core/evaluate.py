@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exdd_core.atomic import write_text_atomic
 from exdd_core.errors import InputError
 from exdd_core.imageio import load_image, load_mask, save_png
 from exdd_core.maps import anomaly_map
-from exdd_core.metrics import image_metrics, pixel_metrics, pr_points, roc_points
+from exdd_core.metrics import image_metrics, pixel_report, pr_points, roc_points
 from exdd_core.overlay import overlay, side_by_side
 from exdd_core.records import read_manifest
 from exdd_core.scoring import MODES, ScoringBank, score_image
@@ -29,6 +28,10 @@ class EvalResult:
     ids: list[str]
     labels: np.ndarray
     scores: dict[str, np.ndarray]
+    # What `exdd score` needs to reproduce these scores and colour its overlays alike (inference.build_card).
+    test_attrs: dict[str, Any] = field(default_factory=dict)
+    map_range: tuple[float, float] = (0.0, 1.0)
+    thresholds: dict[str, float | None] = field(default_factory=dict)  # full precision, per mode + patchcore
 
 
 def load_banks(normal: Path, defect: Path, test: Path) -> tuple[Store, Store, Store]:
@@ -85,8 +88,8 @@ def evaluate(
             masks[i] = load_mask(rec.mask_path, size)
 
     default = scoring["mode"]
-    px_exdd = pixel_metrics(masks, maps_exdd, eval_params["max_fpr"])
-    px_pc = pixel_metrics(masks, maps_pc, eval_params["max_fpr"])
+    px_exdd, pixel_roc_exdd = pixel_report(masks, maps_exdd, eval_params["max_fpr"])
+    px_pc, pixel_roc_pc = pixel_report(masks, maps_pc, eval_params["max_fpr"])
     modes = {m: _image_block(labels, scores[m]) for m in MODES}
     metrics: dict[str, Any] = {
         "exdd": {**modes[default], **_pixel_block(px_exdd), "mode": default},
@@ -103,8 +106,11 @@ def evaluate(
     }
     ids = list(ts.images)
     scores["exdd"] = scores[default]
-    _write_outputs(out_dir, ids, labels, scores, metrics)
-    thr = metrics["exdd"]["threshold"]
+    _write_outputs(out_dir, ids, labels, scores)
+    _write_pixel_roc(out_dir / "plots", {"exdd": pixel_roc_exdd, "patchcore": pixel_roc_pc})
+    thresholds = f1_thresholds(labels, scores)
+    thr = thresholds[default]
+    lo, hi = (float(v) for v in np.percentile(maps_exdd, [1.0, 99.9]))
     write_heatmaps(
         out_dir,
         ids,
@@ -116,8 +122,19 @@ def evaluate(
         size,
         thr if thr is not None else float(np.median(scores["exdd"])),
         eval_params["heatmaps"],
+        value_range=(lo, hi),
     )
-    return EvalResult(metrics, ids, labels, scores)
+    return EvalResult(metrics, ids, labels, scores, dict(ts.attrs), (lo, hi), thresholds)
+
+
+def f1_thresholds(labels: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """The F1-optimal threshold of each ExDD mode and of PatchCore at full precision (metrics.json rounds to
+    6 decimals, which could move a threshold past the very score that defines it); None for one class."""
+    out: dict[str, float | None] = {}
+    for name in (*MODES, "patchcore"):
+        t = image_metrics(labels, scores[name])["f1_threshold"]
+        out[name] = float(t) if np.isfinite(t) else None
+    return out
 
 
 def _round(x: float) -> float | None:
@@ -138,13 +155,6 @@ def _pixel_block(m: dict[str, float]) -> dict[str, float | None]:
     return {"pixel_auroc": _round(m["auroc"]), "pixel_ap": _round(m["ap"]), "aupro": _round(m["aupro"])}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -157,19 +167,19 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: dict, metrics: dict) -> None:
+def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: dict) -> None:
     """scores.csv (per image, every score), ROC/PR curves and score distributions for DVC plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [
         {"image": i, "label": int(labels[k]), **{m: f"{scores[m][k]:.8g}" for m in scores}}
         for k, i in enumerate(ids)
     ]
-    _atomic_text(out_dir / "scores.csv", _csv_text(rows))
+    write_text_atomic(out_dir / "scores.csv", _csv_text(rows))
     plots = out_dir / "plots"
     for name, key in (("exdd", "exdd"), ("patchcore", "patchcore")):
         if len(np.unique(labels)) == 2:
-            _atomic_text(plots / f"roc_{name}.csv", _csv_text(roc_points(labels, scores[key])))
-            _atomic_text(plots / f"pr_{name}.csv", _csv_text(pr_points(labels, scores[key])))
+            write_text_atomic(plots / f"roc_{name}.csv", _csv_text(roc_points(labels, scores[key])))
+            write_text_atomic(plots / f"pr_{name}.csv", _csv_text(pr_points(labels, scores[key])))
     dist = [
         {
             "image": i,
@@ -179,8 +189,37 @@ def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: di
         }
         for k, i in enumerate(ids)
     ]
-    _atomic_text(plots / "scores.csv", _csv_text(dist))
-    _atomic_text(out_dir / "summary.json", json.dumps(metrics, indent=2))
+    write_text_atomic(plots / "scores.csv", _csv_text(dist))
+    for name in ("exdd", "patchcore"):
+        write_text_atomic(plots / f"dist_{name}.csv", _csv_text(score_histogram(labels, scores[name])))
+
+
+def _write_pixel_roc(plots: Path, curves: dict[str, list[dict[str, float]]]) -> None:
+    """Pixel ROC per method (none when the test set has no defect pixels: then there is no curve)."""
+    for name, points in curves.items():
+        if points:
+            write_text_atomic(plots / f"pixel_roc_{name}.csv", _csv_text(points))
+
+
+def score_histogram(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> list[dict[str, float]]:
+    """Score distribution of normal vs defective images on shared bins, as the fraction of each class per
+    bin (the classes differ in size tenfold on KSDD2, so raw counts would flatten the defective curve)."""
+    s = np.asarray(scores, dtype=np.float64)
+    lo, hi = float(s.min()), float(s.max())
+    if not hi > lo:
+        hi = lo + 1.0
+    # ratio scores can span decades (s_P + eps near 0): log-spaced bins keep the bulk visible
+    log_bins = lo > 0 and hi / lo > 100
+    edges = np.geomspace(lo, hi, bins + 1) if log_bins else np.linspace(lo, hi, bins + 1)
+    frac: dict[str, np.ndarray] = {}
+    for name, cls in (("normal", 0), ("defective", 1)):
+        sel = s[labels == cls]
+        frac[name] = np.histogram(sel, bins=edges)[0] / max(len(sel), 1)
+    centres = np.sqrt(edges[:-1] * edges[1:]) if log_bins else (edges[:-1] + edges[1:]) / 2
+    return [
+        {"score": float(c), "normal": float(frac["normal"][k]), "defective": float(frac["defective"][k])}
+        for k, c in enumerate(centres)
+    ]
 
 
 def pick_cases(
@@ -215,6 +254,16 @@ def pick_cases(
     return picked
 
 
+def _case_title(kind: str, score: float, threshold: float) -> str:
+    """The weakest defect is only "missed" below the threshold, the strongest normal only a "false alarm"
+    at or above it; on a well-separated test set they are neither, and the title must not say so."""
+    if kind == "missed-defect" and score >= threshold:
+        return "weakest-defect (caught)"
+    if kind == "false-alarm" and score < threshold:
+        return "highest-normal (passed)"
+    return kind
+
+
 def write_heatmaps(
     out_dir: Path,
     ids: list[str],
@@ -226,23 +275,30 @@ def write_heatmaps(
     size: tuple[int, int],
     threshold: float,
     how_many: int,
+    value_range: tuple[float, float] | None = None,
 ) -> Path | None:
     """One PNG with an overlay per chosen case (ground truth outlined), titled with kind and score."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     if how_many <= 0:
         return None
     cases = pick_cases(labels, scores, threshold, how_many)
-    lo, hi = np.percentile(maps, [1.0, 99.9])
+    try:  # the 10 px bitmap default is unreadable on a README picture; `size` needs Pillow >= 10.1
+        font = ImageFont.load_default(size=15)
+    except TypeError:
+        font = ImageFont.load_default()
+    lo, hi = value_range if value_range is not None else np.percentile(maps, [1.0, 99.9])
     panels = []
     for kind, k in cases:
         img = load_image(records[ids[k]].image_path, size)
         over = overlay(img, maps[k], float(lo), float(hi), masks[k])
         pil = Image.fromarray(side_by_side(img, over))
         draw = ImageDraw.Draw(pil)
-        draw.rectangle([0, 0, pil.width, 30], fill=(0, 0, 0))
-        draw.text((4, 2), f"{kind}: {ids[k]}", fill=(255, 255, 255))
-        draw.text((4, 16), f"score {scores[k]:.4g} (thr {threshold:.4g})", fill=(255, 255, 255))
+        draw.rectangle([0, 0, pil.width, 38], fill=(0, 0, 0))
+        draw.text(
+            (4, 2), f"{_case_title(kind, scores[k], threshold)}: {ids[k]}", fill=(255, 255, 255), font=font
+        )
+        draw.text((4, 20), f"score {scores[k]:.4g} (thr {threshold:.4g})", fill=(255, 255, 255), font=font)
         panels.append(np.asarray(pil))
     grid = side_by_side(*panels, gap=8)
     path = out_dir / "heatmaps.png"

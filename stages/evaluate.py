@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from exdd_core.evaluate import evaluate
+from exdd_core.inference import build_card, write_card
 from exdd_core.knn import resolve_device
 from exdd_core.params import load_params
 from exdd_core.runlog import log, run_stage, track
@@ -47,10 +48,16 @@ def main() -> str:
     tmp = Path(f".metrics.json.partial-{os.getpid()}")
     tmp.write_text(json.dumps(m, indent=2) + "\n")
     os.replace(tmp, "metrics.json")
+    card = build_card(m, res.thresholds, res.test_attrs, p["scoring"], p["seed"], res.map_range)
+    card["comparable_to_paper"] = comparable
+    write_card(Path("eval/model.json"), card)
     e, pc = m["exdd"], m["patchcore"]
     return (
+        f"{len(res.ids)} test images on {device}, {p['backbone']['name']} weights "
+        f"{res.test_attrs.get('weights_id', weights)}: "
         f"ExDD ({e['mode']}) I-AUROC {e['image_auroc']} P-AUROC {e['pixel_auroc']} AUPRO {e['aupro']} | "
-        f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} -> metrics.json, eval/heatmaps.png"
+        f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} "
+        f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json (threshold {e['threshold']})"
     )
 
 

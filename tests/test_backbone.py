@@ -69,7 +69,7 @@ def test_pickled_objects_and_foreign_weights_are_refused(tmp_path):
 def test_missing_weights_file_and_bad_names():
     with pytest.raises(MissingResourceError, match="not found"):
         create_backbone(BackboneSpec("resnet18", "/nonexistent/w.safetensors"))
-    with pytest.raises(ParamError, match="backbone.weights"):
+    with pytest.raises(ParamError, match=r"backbone\.weights"):
         create_backbone(BackboneSpec("resnet18", "weights.txt"))
     with pytest.raises(ParamError, match="no model"):
         create_backbone(BackboneSpec("not_a_net", "random"))

@@ -1,0 +1,301 @@
+"""The `exdd` command: score new images with banks the pipeline built, and see what a bank or store holds.
+
+    exdd score IMAGES... --banks banks [--out scored] [--threshold T] [--resize]
+    exdd info banks/normal.zarr | banks | features/test.zarr | eval/model.json
+
+`score` writes `<out>/scores.csv` (image, ExDD score, PatchCore score, decision) and one heatmap overlay PNG
+per image in `<out>/overlays/`, the size of the image file. Scores equal evaluate's for the same image: the
+scoring path is the library's (see exdd_core.inference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from exdd_core.errors import ExddError, InputError
+from exdd_core.runlog import log, run_stage, setup_logging, track
+
+DEFAULT_OUT = Path("scored")
+
+
+# --------------------------------------------------------------------------------------------------------
+# score
+
+
+def _overlay_names(paths: list[Path]) -> list[str]:
+    """One PNG name per input, the image's stem, made unique when two folders hold the same name."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        names.append(f"{p.stem}.png" if n == 0 else f"{p.stem}-{n + 1}.png")
+    return names
+
+
+def _threshold(args: argparse.Namespace, card: dict[str, Any], mode: str) -> float | None:
+    if args.threshold is not None:
+        return float(args.threshold)
+    thr = card["thresholds"].get(mode)
+    if thr is None:
+        log.warning(
+            "the card has no threshold for mode %s (the test set had one class only): decisions left empty; "
+            "pass --threshold",
+            mode,
+        )
+    return thr
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from exdd_core.atomic import write_text_atomic
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["image", "exdd", "patchcore", "decision", "threshold", "overlay"])
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def cmd_score(args: argparse.Namespace) -> str:
+    """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
+    from exdd_core.imageio import save_png
+    from exdd_core.inference import (
+        check_sizes,
+        expand_inputs,
+        find_card,
+        load_card,
+        map_at_image_size,
+        open_scorer,
+        score_file,
+    )
+    from exdd_core.knn import resolve_device
+    from exdd_core.overlay import overlay
+
+    paths = expand_inputs(args.images)
+    card_path = find_card(args.banks, args.model)
+    card = load_card(card_path)
+    size = tuple(card["features"]["image_size"])
+    if not args.resize:
+        check_sizes(paths, size)  # type: ignore[arg-type]
+    device = resolve_device(args.device)
+    scorer = open_scorer(args.banks, card_path, device)
+    mode = args.mode or card["scoring"]["mode"]
+    thr = _threshold(args, card, mode)
+    lo, hi = card["map_range"]
+    log.info(
+        "banks %s, card %s: %s, weights %s, image size %sx%s, ExDD mode %s, threshold %s",
+        args.banks,
+        card_path,
+        card["backbone"]["name"],
+        card["features"]["weights_id"],
+        *size,
+        mode,
+        thr,
+    )
+    if scorer.defect is None:
+        log.warning("defect bank empty: ExDD scores fall back to the PatchCore score (SPEC row H)")
+
+    out: Path = args.out
+    names = _overlay_names(paths)
+    rows: list[dict[str, Any]] = []
+    flagged = resized = 0
+    for path, name in track(list(zip(paths, names, strict=True)), "score", len(paths)):
+        scored = score_file(scorer, path, resize=args.resize)
+        resized += scored.resized
+        s = scored.result.exdd[mode]
+        decision = "" if thr is None else ("defective" if s >= thr else "normal")
+        flagged += decision == "defective"
+        if not args.no_overlays:
+            save_png(out / "overlays" / name, overlay(scored.image, map_at_image_size(scored), lo, hi))
+        rows.append(
+            {
+                "image": str(path),
+                # repr: the shortest text that reads back as the same float, so a score equal to the
+                # threshold (the F1-optimal threshold is a test image's score) stays equal in the CSV
+                "exdd": repr(float(s)),
+                "patchcore": repr(float(scored.result.patchcore)),
+                "decision": decision,
+                "threshold": "" if thr is None else repr(float(thr)),
+                "overlay": "" if args.no_overlays else f"overlays/{name}",
+            }
+        )
+    _write_csv(out / "scores.csv", rows)
+    note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""
+    return (
+        f"scored {len(paths)} images{note} on {device} with {card['backbone']['name']} "
+        f"({card['features']['weights_id']}): {flagged} defective at ExDD ({mode}) threshold "
+        f"{'none' if thr is None else f'{thr:.6g}'} -> {out / 'scores.csv'}"
+        + ("" if args.no_overlays else f", overlays in {out / 'overlays'}")
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# info
+
+STORE_KEYS = (
+    "kind",
+    "backbone",
+    "weights",
+    "weights_id",
+    "layers",
+    "patch_size",
+    "aggregation",
+    "image_size",
+    "grid",
+    "feature_dim",
+    "stored_dim",
+    "projection_seed",
+    "dtype",
+    "selection",
+    "mask_threshold",
+    "source_images",
+    "source_rows",
+    "coreset_ratio",
+    "coreset_min_size",
+    "coverage_radius",
+    "coverage_space",
+    "device",
+)
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def store_info(path: Path) -> dict[str, Any]:
+    """What a feature store or bank holds: size, provenance, and for a bank the coverage radius."""
+    from exdd_core.store import Store
+
+    st = Store(path)
+    info: dict[str, Any] = {"path": str(path), "rows": len(st), "dim": st.dim}
+    is_bank = str(st.attrs.get("kind", "")).startswith("bank:")
+    if not is_bank:
+        info["images"] = len(st.images)
+    info["disk_mb"] = round(_disk_bytes(Path(path)) / 2**20, 2)
+    info.update({k: st.attrs[k] for k in STORE_KEYS if k in st.attrs})
+    return info
+
+
+def _targets(path: Path) -> list[tuple[str, Path]]:
+    """(kind, path) of what `path` names: a store, a folder of stores, a card, or a folder with a card."""
+    if (path / "zarr.json").is_file():
+        return [("store", path)]
+    if path.is_file():
+        return [("card", path)]
+    if path.is_dir():
+        found = [("store", p) for p in sorted(path.glob("*.zarr")) if (p / "zarr.json").is_file()]
+        if (path / "model.json").is_file():
+            found.append(("card", path / "model.json"))
+        if found:
+            return found
+        raise InputError(f"{path}: holds no feature store (*.zarr) and no deployment card (model.json)")
+    raise InputError(f"{path}: no such file or folder")
+
+
+def _print_table(title: str, info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for k, v in info.items():
+        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    Console(width=120).print(table)  # stdout: the answer, where logs and progress go to stderr
+
+
+def cmd_info(args: argparse.Namespace) -> str:
+    from exdd_core.inference import load_card
+
+    result: dict[str, Any] = {}
+    for kind, p in _targets(args.path):
+        result[str(p)] = store_info(p) if kind == "store" else load_card(p)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        for p, info in result.items():
+            _print_table(p, info)
+    return f"{len(result)} item(s) under {args.path}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exdd",
+        description="ExDD surface-defect detection: score new images with the banks a pipeline run built.",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    sc = sub.add_parser(
+        "score",
+        help="score images or folders; write scores.csv and heatmap overlays",
+        description="Score images with the banks and the threshold evaluate chose (eval/model.json).",
+    )
+    sc.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    sc.add_argument(
+        "--banks", type=Path, default=Path("banks"), help="folder with normal.zarr and defect.zarr"
+    )
+    sc.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="deployment card written by evaluate (default: <banks>/../eval/model.json, else eval/model.json)",
+    )
+    sc.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    sc.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold (default: the card's F1-optimal one)",
+    )
+    sc.add_argument(
+        "--mode",
+        choices=("paper", "same_patch", "max_ratio"),
+        default=None,
+        help="ExDD image-score mode (default: the one evaluate reported; its threshold comes along)",
+    )
+    sc.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize images of another size to the banks' size (bilinear, as prepare) instead of refusing",
+    )
+    sc.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    sc.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
+    sc.set_defaults(func=cmd_score)
+
+    inf = sub.add_parser(
+        "info",
+        help="what a bank, feature store or deployment card holds",
+        description="Provenance, sizes and coverage radius of a store (or every *.zarr in a folder), or a card.",
+    )
+    inf.add_argument("path", type=Path, help="a *.zarr store, a folder of stores, or eval/model.json")
+    inf.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inf.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.verb == "info":
+        try:
+            cmd_info(args)
+        except ExddError as e:
+            log.error("info failed: %s", e)
+            return 1
+        return 0
+    run_stage(args.verb, lambda: args.func(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

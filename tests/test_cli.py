@@ -1,0 +1,295 @@
+"""`exdd score` / `exdd info` and the deployment card.
+
+Fast tests build three tiny stores in-process (resnet18, random weights, 64 x 48 images) and check that the
+scoring glue gives the library's scores and refuses every mismatch. The slow tests run ONE tiny DVC pipeline
+(as tests/test_pipeline_dvc.py) and check, on it, that `exdd score` reproduces evaluate's scores for the
+same images, writes overlays of the right size, and that evaluate's plots exist, parse and render."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from exdd_core.cli import _overlay_names, build_parser, main
+from exdd_core.errors import InputError, MismatchError
+from exdd_core.extract import make_extractor, write_store
+from exdd_core.imageio import save_png
+from exdd_core.inference import (
+    build_card,
+    check_sizes,
+    expand_inputs,
+    load_card,
+    open_scorer,
+    score_file,
+    write_card,
+)
+from exdd_core.records import ImageRecord
+from exdd_core.scoring import MODES, ScoringBank, score_image
+from exdd_core.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (64, 48)  # (H, W)
+SCORING = {
+    "mode": "max_ratio",
+    "neighbors": 2,
+    "eps": 1e-6,
+    "sigma": 2.0,
+    "map_reweight": True,
+    "map_8bit": False,
+}
+
+
+def fake_metrics() -> dict:
+    return {
+        "exdd": {"mode": "max_ratio", "threshold": 1.0, "image_auroc": 0.5, "pixel_auroc": 0.5},
+        "patchcore": {"threshold": 2.0, "image_auroc": 0.5, "pixel_auroc": 0.5},
+        "bank_sizes": {"normal": 0, "defect": 0},
+        "coverage_radius": {"normal": None, "defect": None},
+        "test_images": {"normal": 2, "defective": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> Path:
+    """banks/{normal,defect}.zarr, features/test.zarr, eval/model.json and img/*.png, stores projected to 32
+    dims (the paper-text storage, so the projection path of the glue is exercised here)."""
+    root = tmp_path_factory.mktemp("mini")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(4):
+        path = root / "img" / f"im{i}.png"
+        save_png(path, (rng.random((*SIZE, 3)) * 255).astype(np.uint8))
+        records.append(ImageRecord(f"im{i}", "test", int(i == 3), path))
+    backbone = {"name": "resnet18", "weights": "random", "layers": [2, 3]}
+    features = {"patch_size": 3, "aggregation": "padded_bilinear", "store_dim": 32, "dtype": "float16"}
+    ex = make_extractor(backbone, features, 0, "cpu")
+    common = dict(image_size=SIZE, features=features, seed=0, manifests=[])
+    write_store(records[:2], root / "banks" / "normal.zarr", ex, kind="normal", **common)
+    write_store(records[3:], root / "banks" / "defect.zarr", ex, kind="defect", **common)
+    write_store(records, root / "features" / "test.zarr", ex, kind="test", **common)
+    thresholds = {**{m: 1.0 for m in MODES}, "patchcore": 2.0}
+    card = build_card(
+        fake_metrics(), thresholds, Store(root / "features" / "test.zarr").attrs, SCORING, 0, (0.0, 2.0)
+    )
+    write_card(root / "eval" / "model.json", card)
+    return root
+
+
+def test_scorer_gives_the_library_scores_of_the_stored_rows(mini: Path) -> None:
+    scorer = open_scorer(mini / "banks", mini / "eval" / "model.json")
+    assert scorer.projection is not None and scorer.grid == (8, 6)
+    normal = ScoringBank(Store(mini / "banks" / "normal.zarr").read_all(), 2)
+    defect = ScoringBank(Store(mini / "banks" / "defect.zarr").read_all(), 2)
+    for _, image_id, rows, _ in Store(mini / "features" / "test.zarr").iter_images():
+        want = score_image(rows, scorer.grid, normal, defect, eps=1e-6, map_reweight=True)
+        got = score_file(scorer, mini / "img" / f"{image_id}.png")
+        assert got.result.exdd == pytest.approx(want.exdd, rel=1e-6)
+        assert got.result.patchcore == pytest.approx(want.patchcore, rel=1e-6)
+        assert got.amap.shape == SIZE
+
+
+def test_card_round_trip_and_refusals(mini: Path, tmp_path: Path) -> None:
+    card = load_card(mini / "eval" / "model.json")
+    assert card["thresholds"]["patchcore"] == 2.0 and card["backbone"]["seed"] == 0
+    assert card["features"]["image_size"] == list(SIZE) and card["features"]["stored_dim"] == 32
+
+    def refused(change, match: str, err=MismatchError) -> None:
+        bad = json.loads(json.dumps(card))
+        change(bad)
+        write_card(tmp_path / "model.json", bad)
+        with pytest.raises(err, match=match):
+            open_scorer(mini / "banks", tmp_path / "model.json")
+
+    refused(lambda c: c["features"].update(image_size=[128, 64]), "image_size")
+    refused(lambda c: c["backbone"].update(seed=1), "weights_id")  # other random weights than the banks'
+    refused(lambda c: c["preprocessing"].update(mean=[0.5, 0.5, 0.5]), "preprocessing")
+    refused(lambda c: c.update(format="metrics"), "not an exdd deployment card", InputError)
+    with pytest.raises(InputError, match="deployment card not found"):
+        load_card(tmp_path / "nowhere.json")
+
+
+def test_inputs_and_size_refusal(mini: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", "a_GT.png", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    assert [p.name for p in expand_inputs([folder])] == ["a.jpg", "b.png"]
+    with pytest.raises(InputError, match="no such file"):
+        expand_inputs([tmp_path / "missing.png"])
+    other = tmp_path / "big.png"
+    save_png(other, np.zeros((70, 40, 3), np.uint8))
+    check_sizes([mini / "img" / "im0.png"], SIZE)
+    with pytest.raises(InputError, match=r"big.png is 70x40.*64x48.*--resize"):
+        check_sizes([mini / "img" / "im0.png", other], SIZE)
+    assert _overlay_names([Path("x/a.png"), Path("y/a.png"), Path("b.jpg")]) == ["a.png", "a-2.png", "b.png"]
+
+
+def test_cli_score_and_info_in_process(mini: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    big = tmp_path / "big.png"
+    save_png(big, np.full((96, 72, 3), 128, np.uint8))
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(big), "--banks", str(mini / "banks"), "--out", str(out)])
+    assert e.value.code == 1 and not out.exists()
+    assert "--resize" in capsys.readouterr().err
+
+    argv = ["score", str(mini / "img"), str(big), "--banks", str(mini / "banks"), "--out", str(out)]
+    assert main([*argv, "--resize", "--threshold", "1e9"]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [Path(r["image"]).name for r in rows] == ["im0.png", "im1.png", "im2.png", "im3.png", "big.png"]
+    assert {r["decision"] for r in rows} == {"normal"} and float(rows[0]["threshold"]) == 1e9
+    with Image.open(out / rows[-1]["overlay"]) as im:
+        assert (im.height, im.width) == (96, 72)  # the file's own size, also when resized for scoring
+
+    capsys.readouterr()
+    assert main(["info", str(mini / "banks"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info) == {str(mini / "banks" / "normal.zarr"), str(mini / "banks" / "defect.zarr")}
+    assert info[str(mini / "banks" / "normal.zarr")]["image_size"] == list(SIZE)
+    assert main(["info", str(mini / "eval" / "model.json")]) == 0
+    assert "thresholds" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "nothing")]) == 1
+
+
+def test_help_lists_the_verbs_and_the_console_script_points_here(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "score" in text and "info" in text
+    # (tomllib is 3.11+, the project supports 3.10)
+    assert 'exdd = "exdd_core.cli:main"' in (REPO / "pyproject.toml").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------
+# on a tiny pipeline run (slow)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """One tiny `dvc repro` (as test_pipeline_dvc.py) shared by every slow test here."""
+    from tests.test_pipeline_dvc import COPY, run, tiny_params
+
+    root = tmp_path_factory.mktemp("exdd-cli-project")
+    for name in COPY:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "EXDD_NO_PROGRESS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "tiny exdd project"], root, env)
+    run(["dvc", "repro"], root, env)
+    return root, env
+
+
+def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The console script's code path (`exdd` = exdd_core.cli:main) in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "exdd_core.cli", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_score_equals_evaluate_on_test_images(project) -> None:
+    root, env = project
+    evaluated = {r["image"]: r for r in csv.DictReader((root / "eval" / "scores.csv").open())}
+    images = sorted((root / "data" / "prepared" / "test" / "images").glob("*.png"))[:3]
+    images.append(root / "data" / "prepared" / "test" / "images" / f"{max(evaluated)}.png")
+    p = exdd(["score", *map(str, images), "--banks", "banks", "--out", "scored"], root, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = " ".join(p.stderr.split())  # rich wraps lines at 80 columns without a terminal
+    assert "score done in" in log and "on cpu with resnet18" in log  # the one summary line
+
+    card = json.loads((root / "eval" / "model.json").read_text())
+    metrics = json.loads((root / "metrics.json").read_text())
+    default = metrics["exdd"]["mode"]
+    assert card["thresholds"][default] == pytest.approx(metrics["exdd"]["threshold"], abs=1e-6)
+    assert card["thresholds"]["patchcore"] == pytest.approx(metrics["patchcore"]["threshold"], abs=1e-6)
+    thr = card["thresholds"][card["scoring"]["mode"]]
+    rows = list(csv.DictReader((root / "scored" / "scores.csv").open()))
+    assert len(rows) == len(images)
+    for row in rows:
+        ev = evaluated[Path(row["image"]).stem]
+        assert float(row["exdd"]) == pytest.approx(float(ev["exdd"]), rel=1e-6)
+        assert float(row["patchcore"]) == pytest.approx(float(ev["patchcore"]), rel=1e-6)
+        assert row["decision"] == ("defective" if float(row["exdd"]) >= thr else "normal")
+        with Image.open(root / "scored" / row["overlay"]) as im:
+            assert (im.height, im.width) == (128, 64) and im.mode == "RGB"
+
+
+@pytest.mark.slow
+def test_score_refuses_another_size_with_a_clear_message(project, tmp_path: Path) -> None:
+    root, env = project
+    src = next((root / "data" / "prepared" / "test" / "images").glob("*.png"))
+    odd = tmp_path / "from_the_line.png"
+    with Image.open(src) as im:
+        im.resize((60, 130)).save(odd)
+    p = exdd(["score", str(odd), "--banks", "banks", "--out", str(tmp_path / "o")], root, env)
+    log = " ".join(p.stderr.split())
+    assert p.returncode == 1
+    assert "from_the_line.png is 130x60" in log and "128x64" in log and "--resize" in log
+
+
+@pytest.mark.slow
+def test_info_on_banks_and_features(project) -> None:
+    root, env = project
+    p = exdd(["info", "banks", "--json"], root, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads(p.stdout)
+    normal = info["banks/normal.zarr"]
+    assert normal["rows"] == 20 and normal["coverage_radius"] > 0 and normal["backbone"] == "resnet18"
+    p = exdd(["info", "features/test.zarr"], root, env)
+    assert p.returncode == 0 and "image_size" in p.stdout and "128" in p.stdout
+
+
+@pytest.mark.slow
+def test_plots_exist_parse_and_render(project) -> None:
+    root, env = project
+    plots = root / "eval" / "plots"
+    for name in ("roc", "pr", "pixel_roc"):
+        for method in ("exdd", "patchcore"):
+            rows = list(csv.DictReader((plots / f"{name}_{method}.csv").open()))
+            assert len(rows) >= 2 and all(np.isfinite(float(v)) for r in rows for v in r.values())
+    for method in ("exdd", "patchcore"):
+        rows = list(csv.DictReader((plots / f"dist_{method}.csv").open()))
+        assert sum(float(r["defective"]) for r in rows) == pytest.approx(1.0)
+    with Image.open(root / "eval" / "heatmaps.png") as im:
+        assert im.width > im.height > 0
+
+    p = subprocess.run(["dvc", "plots", "show", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    shown = json.loads(p.stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    names = set(shown.get("data", shown))
+    for title in ("Pixel ROC (ExDD vs PatchCore)", "eval/heatmaps.png"):
+        assert any(title in n for n in names), names
+    p = subprocess.run(
+        ["dvc", "plots", "show", "-o", "html"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 0 and (root / "html" / "index.html").is_file(), p.stderr[-3000:]
