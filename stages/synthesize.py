@@ -51,7 +51,8 @@ def main() -> str:
         warn=log.warning,
         progress=lambda it, desc, total: track(it, desc, total),
     )
-    return f"backend={s['backend']} " + " ".join(f"{k}={v}" for k, v in summary.items())
+    what = backend.describe() if backend is not None else "no backend (synth.count 0)"
+    return f"{what}: " + " ".join(f"{k}={v}" for k, v in summary.items())
 
 
 if __name__ == "__main__":
