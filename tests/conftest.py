@@ -15,3 +15,16 @@ os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@exdd.invalid")
 import torch
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory):
+    """(root, env, first repro output) of the one tiny DVC project the slow tests share."""
+    from tests.tiny_project import build_tiny_project
+
+    root = tmp_path_factory.mktemp("exdd-project")
+    env, out = build_tiny_project(root)
+    return root, env, out

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from exdd_core.cli import _overlay_names, build_parser, main
@@ -175,31 +172,9 @@ def test_help_lists_the_verbs_and_the_console_script_points_here(capsys) -> None
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """One tiny `dvc repro` (as test_pipeline_dvc.py) shared by every slow test here."""
-    from tests.test_pipeline_dvc import COPY, run, tiny_params
-
-    root = tmp_path_factory.mktemp("exdd-cli-project")
-    for name in COPY:
-        src, dst = REPO / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(root),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "EXDD_NO_PROGRESS": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "tiny exdd project"], root, env)
-    run(["dvc", "repro"], root, env)
+def project(tiny_project) -> tuple[Path, dict[str, str]]:
+    """The session's tiny `dvc repro` (tests/tiny_project.py), shared with test_pipeline_dvc.py."""
+    root, env, _ = tiny_project
     return root, env
 
 
