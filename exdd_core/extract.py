@@ -84,7 +84,7 @@ def write_store(
     progress: Callable = lambda it, desc, total: it,
 ) -> dict[str, int]:
     """Extract features of `records` into the store at `out` (committed atomically). Returns row counts."""
-    if not records:
+    if not records and kind != "defect":  # an empty defect store is legal: the defect bank is then empty
         raise InputError(f"{out}: no images to extract features from ({kind})")
     grid = extractor.grid_for(image_size)
     store_dim = features["store_dim"]

@@ -134,3 +134,22 @@ def test_queued_sweep_runs_and_shows_table2(project):
                 if "exdd" in metrics:
                     counts[params["synth"]["count"]] = metrics["exdd"]["image_auroc"]
     assert {0, 3} <= set(counts), shown
+
+
+def test_mvtec_without_defects_falls_back_to_patchcore_loudly(tmp_path):
+    """MVTec AD has no defective training images: with synth.count 0 the defect bank is empty, and every
+    ExDD score falls back to PatchCore (SPEC row H) - said in the log and in metrics.json."""
+    from tests.test_robustness import _mvtec
+    from tests.tiny_project import build_tiny_project
+
+    _mvtec(tmp_path / "mvtec")
+    root = tmp_path / "project"
+    root.mkdir()
+    _, out = build_tiny_project(
+        root, {"data": {"source": "mvtec", "root": str(tmp_path / "mvtec")}, "synth": {"count": 0}}
+    )
+    assert ran_stages(out) == ALL_STAGES
+    m = json.loads((root / "metrics.json").read_text())
+    assert m["fallback"] is True and m["bank_sizes"]["defect"] == 0
+    assert m["exdd"]["image_auroc"] == m["patchcore"]["image_auroc"]
+    assert "fell back to the PatchCore score" in " ".join(out.split())

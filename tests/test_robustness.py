@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,69 @@ def test_mismatched_stores_are_refused_naming_the_key(tmp_path, key, value):
 def test_every_project_error_is_an_exdd_error():
     for cls in (InputError, ParamError, MismatchError):
         assert issubclass(cls, ExddError)
+
+
+def _stage(tmp_path: Path, stage: str, params: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EXDD_NO_PROGRESS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / stage)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _mvtec(root: Path, corrupt: str | None = None) -> None:
+    rng = np.random.default_rng(0)
+
+    def img(path: Path, size=(40, 30)) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+    for i in range(2):
+        img(root / "train" / "good" / f"{i:03d}.png")
+        img(root / "test" / "good" / f"{i:03d}.png")
+        img(root / "test" / "scratch" / f"{i:03d}.png")
+        mask = np.zeros((40, 30), np.uint8)
+        mask[5:9, 5:12] = 255
+        (root / "ground_truth" / "scratch").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(root / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    if corrupt:
+        (root / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        ("train/good/001.png", r"train/good/001\.png: cannot read"),
+        ("ground_truth/scratch/000_mask.png", r"000_mask\.png: cannot read"),
+    ],
+)
+def test_prepare_on_bad_data_names_the_file_without_traceback(tmp_path, corrupt, expected):
+    _mvtec(tmp_path / "mvtec", corrupt)
+    params = copy.deepcopy(PARAMS)
+    params["data"].update(source="mvtec", root=str(tmp_path / "mvtec"), image_size=[64, 32])
+    p = _stage(tmp_path, "prepare.py", params)
+    assert p.returncode == 1, p.stderr
+    assert re.search(expected, " ".join(p.stderr.split())), p.stderr
+    assert "Traceback" not in p.stderr
+    prepared = tmp_path / "data" / "prepared"
+    assert not prepared.exists() or not any(x.name.startswith(".") for x in prepared.iterdir())
+
+
+def test_mvtec_without_defective_training_images_prepares_an_empty_group(tmp_path):
+    _mvtec(tmp_path / "mvtec")
+    params = copy.deepcopy(PARAMS)
+    params["data"].update(source="mvtec", root=str(tmp_path / "mvtec"), image_size=[64, 32])
+    p = _stage(tmp_path, "prepare.py", params)
+    assert p.returncode == 0, p.stderr
+    prepared = tmp_path / "data" / "prepared"
+    assert (prepared / "train_defective" / "manifest.csv").read_text().strip() == "id,split,label,image,mask"
+    assert len((prepared / "test" / "manifest.csv").read_text().splitlines()) == 1 + 4
+    # synthesis then has no real masks to paint into: a clear error, not a traceback
+    p = _stage(tmp_path, "synthesize.py", params)
+    assert p.returncode == 1 and "synth.count: 0" in " ".join(p.stderr.split()), p.stderr
+    assert "Traceback" not in p.stderr

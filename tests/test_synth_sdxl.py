@@ -284,7 +284,7 @@ def test_stage_runs_on_the_tiny_pipeline_and_grows_incrementally(tiny_model, pre
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     summary = stage.main()
-    assert "backend=sdxl samples=2" in summary and "cached=0" in summary
+    assert summary.startswith("sdxl model=") and "samples=2" in summary and "cached=0" in summary
     first = folder_bytes(tmp_path / "data" / "synthetic")
     params["synth"]["count"] = 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -49,9 +49,9 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def build_tiny_project(root: Path) -> tuple[dict[str, str], str]:
-    """Copy the project into `root` with tiny params, commit, `dvc repro`, commit again.
-    Returns the environment to run its commands with, and the output of the first repro."""
+def build_tiny_project(root: Path, overrides: dict[str, dict] | None = None) -> tuple[dict[str, str], str]:
+    """Copy the project into `root` with tiny params (plus `overrides`: section -> keys), commit, `dvc repro`,
+    commit again. Returns the environment to run its commands with, and the output of the first repro."""
     for name in COPY:
         src, dst = REPO / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +60,8 @@ def build_tiny_project(root: Path) -> tuple[dict[str, str], str]:
         else:
             shutil.copy2(src, dst)
     params = tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
+    for section, values in (overrides or {}).items():
+        params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,

@@ -38,7 +38,7 @@ DEFAULT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 # Bump when how a sample is generated here changes (resizes, crop, overlay): old cached samples stop matching.
 GENERATION_VERSION = 1
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_SUFFIXES = (".safetensors",)  # pickled .bin weights are never loaded: they can run code
 FULL_HASH_LIMIT = 64 * 2**20  # local weight files up to this size are hashed whole; larger ones head + tail
 PARTIAL_HASH_BYTES = 8 * 2**20
 
@@ -316,6 +316,7 @@ class SdxlBackend:
                 dtype=self.dtype,
                 variant=self.variant,
                 local_files_only=True,
+                use_safetensors=True,  # refuse pickled weights in a user-supplied folder
                 add_watermarker=False,  # no invisible pattern painted into training images
             )
         except Exception as e:
