@@ -23,7 +23,7 @@ from exdd_core.errors import InputError
 from exdd_core.imageio import load_image, load_mask
 from exdd_core.patches import mask_coverage, to_rows
 from exdd_core.projection import projection_matrix
-from exdd_core.records import ImageRecord, file_sha256
+from exdd_core.records import ImageRecord, file_digest
 from exdd_core.store import StoreWriter
 
 BBOX_CROP_SIZE = (128, 128)
@@ -57,7 +57,7 @@ def store_attrs(
         "projection_seed": seed if store_dim else None,
         "dtype": features["dtype"],
         "device": extractor.device,
-        "source_manifests": {str(p): file_sha256(p) for p in manifests},
+        "source_manifests": {str(p): file_digest(p) for p in manifests},
     }
 
 

@@ -74,7 +74,9 @@ def write_prepared(
     for group in GROUPS:
         recs = [r for r in records if group_of(r) == group]
         if not recs and group != "train_defective":
-            raise InputError(f"the data source has no {group.replace('_', ' ')} images; expected at least one")
+            raise InputError(
+                f"the data source has no {group.replace('_', ' ')} images; expected at least one"
+            )
         with atomic_dir(out / group) as tmp:
             prepared: list[ImageRecord] = []
             for r in progress(recs, f"prepare {group}", len(recs)):

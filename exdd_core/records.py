@@ -59,9 +59,9 @@ def read_manifest(path: Path) -> list[ImageRecord]:
     return out
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (manifest hashes in store provenance)."""
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", block: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes, read in blocks (manifest hashes in provenance, archive checksums)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)

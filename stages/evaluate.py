@@ -23,7 +23,7 @@ def main() -> str:
         p["eval"],
         device,
         Path("eval"),
-        progress=lambda it, desc, total: track(it, desc, total),
+        progress=track,
     )
     m = res.metrics
     weights = p["backbone"]["weights"]

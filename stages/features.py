@@ -55,7 +55,7 @@ def main(which: str) -> str:
         kind=which,
         selection=selection,
         mask_threshold=p["bank"]["mask_threshold"],
-        progress=lambda it, desc, total: track(it, desc, total),
+        progress=track,
     )
     if which == "defect" and summary["rows"] == 0:
         log.warning(

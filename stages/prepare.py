@@ -19,14 +19,10 @@ def main() -> str:
         log.info(
             "source %s: %d images, resizing to %s (H, W)", data["source"], len(records), data["image_size"]
         )
-        counts = write_prepared(records, OUT, tuple(data["image_size"]), progress=_progress)
+        counts = write_prepared(records, OUT, tuple(data["image_size"]), progress=track)
     if data["source"] == "demo":
         log.warning("demo data: generated images, numbers are not comparable to the paper")
     return f"source={data['source']} " + " ".join(f"{k}={v}" for k, v in counts.items())
-
-
-def _progress(items, desc, total):
-    return track(items, desc, total)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main() -> str:
         batch_size=s["batch_size"],
         log=log.info,
         warn=log.warning,
-        progress=lambda it, desc, total: track(it, desc, total),
+        progress=track,
     )
     what = backend.describe() if backend is not None else "no backend (synth.count 0)"
     return f"{what}: " + " ".join(f"{k}={v}" for k, v in summary.items())

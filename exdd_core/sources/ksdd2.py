@@ -4,7 +4,6 @@ to get it when neither works (our build machines cannot reach the data set's sit
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import stat
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from exdd_core.errors import InputError, MissingResourceError, ParamError
 from exdd_core.imageio import image_size_of, load_mask
-from exdd_core.records import ImageRecord
+from exdd_core.records import ImageRecord, file_digest
 
 KSDD2_URL = "https://go.vicos.si/kolektorsdd2"
 KSDD2_MD5 = "1ed0f628122776ace4965afa30dfe316"
@@ -56,13 +55,9 @@ def read_ksdd2(root: Path, split: str) -> list[ImageRecord]:
     return records
 
 
-def file_md5(path: Path, block: int = 1 << 20) -> str:
+def file_md5(path: Path) -> str:
     """Hex MD5 of a file (the checksum the KSDD2 authors publish)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _has_splits(folder: Path) -> bool:
