@@ -13,11 +13,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def as_float32(x: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
+    """float32 tensor on `device`. Tensors are moved by torch, never through numpy: a CUDA tensor (the queries
+    `score_image` passes, the bank's own rows for its neighbour table) cannot be turned into a numpy array."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+
+
 class Bank:
     """A memory bank held on a device, with squared norms precomputed for the dot-product distance form."""
 
     def __init__(self, rows: np.ndarray | torch.Tensor, device: str = "cpu") -> None:
-        self.rows = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=device)
+        self.rows = as_float32(rows, device)
         self.sq = (self.rows * self.rows).sum(1)
         self.device = device
 
@@ -29,14 +37,17 @@ class Bank:
         return int(self.rows.shape[1])
 
     def knn(
-        self, queries: np.ndarray | torch.Tensor, k: int = 1, bank_chunk: int = 65536, query_chunk: int = 4096
+        self, queries: np.ndarray | torch.Tensor, k: int = 1, bank_chunk: int = 16384, query_chunk: int = 4096
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances (q, k) ascending and indices (q, k) of the k nearest bank rows to each query.
 
-        Memory is bounded by query_chunk x bank_chunk floats whatever the sizes. Candidates are ranked by
-        |q|^2 - 2 q.b + |b|^2 (a GEMM); the returned distances of the k winners are recomputed as |q - b|.
+        Memory is bounded by query_chunk x bank_chunk floats whatever the sizes (256 MB at the defaults; a
+        larger bank chunk is not faster on CPU, measured). Candidates are ranked by |b|^2 - 2 q.b, one fused
+        GEMM (addmm) per chunk - |q|^2 is the same for every candidate of a query, so it is left out (2-3 %
+        of a 2,212 x 46,000 x 1,536 search on CPU, measured; the GEMM itself is the rest); the returned
+        distances of the k winners are recomputed as |q - b|.
         """
-        q_all = torch.as_tensor(np.asarray(queries, dtype=np.float32), device=self.device)
+        q_all = as_float32(queries, self.device)
         if q_all.ndim != 2 or q_all.shape[1] != self.dim:
             raise ValueError(f"queries must be (n, {self.dim}), got {tuple(q_all.shape)}")
         n_bank = len(self)
@@ -47,12 +58,11 @@ class Bank:
         out_i = torch.empty((q_all.shape[0], k), dtype=torch.long, device=self.device)
         for qa in range(0, q_all.shape[0], query_chunk):
             q = q_all[qa : qa + query_chunk]
-            q_sq = (q * q).sum(1, keepdim=True)
             best_d: torch.Tensor | None = None
             best_i: torch.Tensor | None = None
             for ba in range(0, n_bank, bank_chunk):
                 b = self.rows[ba : ba + bank_chunk]
-                d2 = q_sq - 2.0 * (q @ b.T) + self.sq[ba : ba + bank_chunk][None, :]
+                d2 = torch.addmm(self.sq[ba : ba + bank_chunk][None, :], q, b.T, alpha=-2.0)
                 kk = min(k, b.shape[0])
                 dd, ii = torch.topk(d2, kk, dim=1, largest=False)
                 ii = ii + ba

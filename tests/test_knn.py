@@ -42,3 +42,17 @@ def test_neighbours_of_members_excludes_self_even_with_duplicates():
     assert 7 not in nn[1] and 3 in nn[1]
     _, ref = brute(b[[10]], np.delete(b, 10, axis=0), 3)
     assert sorted(nn[2].tolist()) == sorted([j if j < 10 else j + 1 for j in ref[0]])
+
+
+def test_tensor_queries_never_go_through_numpy():
+    # CUDA tensors cannot become numpy arrays; a tensor that requires grad cannot either, so it stands in for
+    # one here: score_image passes device tensors to knn, and the neighbour table passes the bank's own rows
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((50, 6)).astype(np.float32)
+    q = torch.tensor(rng.standard_normal((7, 6)), dtype=torch.float64, requires_grad=True)
+    bank = Bank(torch.tensor(b, requires_grad=True))
+    d, i = bank.knn(q, 2)
+    rd, ri = brute(q.detach().numpy().astype(np.float32), b, 2)
+    np.testing.assert_allclose(d.numpy(), rd, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(i.numpy(), ri)
+    assert bank.neighbours_of_members(torch.tensor([0, 4]), 2).shape == (2, 2)
