@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exdd_core.runtime.atomic import atomic_path
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout without installing
     sys.path.insert(0, str(ROOT))
@@ -32,7 +34,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(device: str) -> str:
-    from exdd_core.knn import resolve_device
+    from exdd_core.banks.knn import resolve_device
 
     return resolve_device(device)
 
@@ -94,10 +96,10 @@ def demo_patch_features(
     path = CACHE / f"demo-wrn50random-{n_images}x{size}-p{proj_dim}-s{seed}.npy"
     if path.is_file():
         return np.load(path)
-    from exdd_core.extract import make_extractor
-    from exdd_core.patches import to_rows
-    from exdd_core.projection import projection_matrix
-    from exdd_core.sources.demo import render
+    from exdd_core.data.sources.demo import render
+    from exdd_core.features.extract import make_extractor
+    from exdd_core.features.patches import to_rows
+    from exdd_core.features.projection import projection_matrix
 
     ext = make_extractor(
         {"name": "wide_resnet50_2", "weights": "random", "layers": [2, 3]},
@@ -116,9 +118,8 @@ def demo_patch_features(
             print(f"  extracted {k + 1}/{n_images} images ({time.perf_counter() - t0:.0f} s)", flush=True)
     x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial.npy")
-    np.save(tmp, x)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, x)
     return x
 
 
@@ -143,9 +144,9 @@ def feature_model(
     if path.is_file():
         with np.load(path) as f:
             return dict(f)
-    from exdd_core.extract import make_extractor
-    from exdd_core.patches import to_rows
-    from exdd_core.sources.demo import render
+    from exdd_core.data.sources.demo import render
+    from exdd_core.features.extract import make_extractor
+    from exdd_core.features.patches import to_rows
 
     ext = make_extractor(
         {"name": "wide_resnet50_2", "weights": "random", "layers": [2, 3]},
@@ -172,9 +173,8 @@ def feature_model(
         "explained": np.float32(vals[:rank].sum() / vals.sum()),
     }
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial.npz")
-    np.savez(tmp, **model)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **model)
     return model
 
 

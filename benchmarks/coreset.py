@@ -37,7 +37,7 @@ from _common import (
     sync,
 )
 
-from exdd_core.coreset import (
+from exdd_core.banks.coreset import (
     CoresetResult,
     coreset_size,
     coverage_radius,
@@ -45,7 +45,7 @@ from exdd_core.coreset import (
     greedy_plain_torch,
     greedy_pruned,
 )
-from exdd_core.projection import projection_matrix
+from exdd_core.features.projection import projection_matrix
 
 
 def bandwidth_gbs(device: str, nbytes: int = 1 << 30, repeats: int = 5) -> float:

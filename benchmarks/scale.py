@@ -34,7 +34,7 @@ GRID = (79, 28)
 
 def write_store(path: Path, images: int, seed: int, device: str) -> dict:
     """Phase 1: synthetic rows image by image into a StoreWriter (float16, the pipeline's default)."""
-    from exdd_core.store import StoreWriter
+    from exdd_core.features.store import StoreWriter
 
     model = feature_model(device=device)
     rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def build(path: Path, out: Path, ratio: float, method: str, device: str) -> dict
     """Phase 2: build_bank as the bank_normal stage calls it, timing its parts through a progress counter."""
     from contextlib import contextmanager
 
-    from exdd_core.bank import build_bank
+    from exdd_core.banks.build import build_bank
 
     marks: dict[str, float] = {}
 

@@ -1,6 +1,6 @@
 """Scoring cost (issue target 3): evaluate's ExDD scoring against the one-bank PatchCore scoring, per image.
 
-ExDD path = what `exdd_core.evaluate` runs per test image: `score_image` with two `ScoringBank`s (kNN to both
+ExDD path = what `exdd_core.evaluation.report` runs per test image: `score_image` with two `ScoringBank`s (kNN to both
 banks, reweighting of m* and m+ in the three modes, the per-position reweighted ratio map) plus the smoothed
 anomaly map of the ratio. PatchCore path = kNN to the normal bank, argmax, the reweighting of m* alone, and the
 smoothed anomaly map of d_N.
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from _common import add_device_arg, machine, resolve, sync
 
-from exdd_core.maps import anomaly_map
-from exdd_core.scoring import ScoringBank, score_image
+from exdd_core.scoring.dual import ScoringBank, score_image
+from exdd_core.scoring.maps import anomaly_map
 
 IMAGE_SIZE = (632, 224)
 GRID = (79, 28)

@@ -6,11 +6,11 @@ Usage: python stages/bank.py normal|defect
 import sys
 from pathlib import Path
 
-from exdd_core.bank import build_bank
-from exdd_core.errors import ParamError
-from exdd_core.knn import resolve_device
-from exdd_core.params import load_params
-from exdd_core.runlog import counter, log, run_stage
+from exdd_core.banks.build import build_bank
+from exdd_core.banks.knn import resolve_device
+from exdd_core.runtime.errors import ParamError
+from exdd_core.runtime.params import load_params
+from exdd_core.runtime.runlog import counter, log, run_stage
 
 
 def main(which: str) -> str:

@@ -1,14 +1,15 @@
 """Stage evaluate: ExDD (three image-score modes) and one-bank PatchCore on the test set -> metrics.json, eval/."""
 
 import json
-import os
 from pathlib import Path
 
-from exdd_core.evaluate import evaluate
-from exdd_core.inference import build_card, write_card
-from exdd_core.knn import resolve_device
-from exdd_core.params import load_params
-from exdd_core.runlog import log, run_stage, track
+from exdd_core.banks.knn import resolve_device
+from exdd_core.evaluation.report import evaluate
+from exdd_core.runtime.atomic import write_text_atomic
+from exdd_core.runtime.params import load_params
+from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.scoring.card import build_card, write_card
+from exdd_core.scoring.model import FALLBACK_NOTE
 
 
 def main() -> str:
@@ -44,12 +45,9 @@ def main() -> str:
         )
         log.warning(m["note"])
     if m["fallback"]:
-        log.warning("defect bank empty: every ExDD score fell back to the PatchCore score (SPEC row H)")
-    tmp = Path(f".metrics.json.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(m, indent=2) + "\n")
-    os.replace(tmp, "metrics.json")
-    card = build_card(m, res.thresholds, res.test_attrs, p["scoring"], p["seed"], res.map_range)
-    card["comparable_to_paper"] = comparable
+        log.warning(FALLBACK_NOTE)
+    write_text_atomic(Path("metrics.json"), json.dumps(m, indent=2) + "\n")
+    card = build_card(m, res.thresholds, res.test_attrs, p["scoring"], p["seed"], res.map_range, comparable)
     write_card(Path("eval/model.json"), card)
     e, pc = m["exdd"], m["patchcore"]
     return (

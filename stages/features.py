@@ -6,12 +6,12 @@ Usage: python stages/features.py normal|defect|test
 import sys
 from pathlib import Path
 
-from exdd_core.errors import ParamError
-from exdd_core.extract import make_extractor, write_store
-from exdd_core.knn import resolve_device
-from exdd_core.params import load_params
-from exdd_core.records import read_manifest
-from exdd_core.runlog import log, run_stage, track
+from exdd_core.banks.knn import resolve_device
+from exdd_core.data.records import read_manifest
+from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.runtime.errors import ParamError
+from exdd_core.runtime.params import load_params
+from exdd_core.runtime.runlog import log, run_stage, track
 
 PREPARED = Path("data/prepared")
 SYNTHETIC = Path("data/synthetic")

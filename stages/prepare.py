@@ -3,9 +3,9 @@
 import tempfile
 from pathlib import Path
 
-from exdd_core.params import load_params
-from exdd_core.prepare import read_source, write_prepared
-from exdd_core.runlog import log, run_stage, track
+from exdd_core.data.prepare import read_source, write_prepared
+from exdd_core.runtime.params import load_params
+from exdd_core.runtime.runlog import log, run_stage, track
 
 OUT = Path("data/prepared")
 

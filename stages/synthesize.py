@@ -6,9 +6,9 @@ always the complete set, for DVC to track and share."""
 
 from pathlib import Path
 
-from exdd_core.params import load_params
-from exdd_core.records import read_manifest
-from exdd_core.runlog import log, run_stage, track
+from exdd_core.data.records import read_manifest
+from exdd_core.runtime.params import load_params
+from exdd_core.runtime.runlog import log, run_stage, track
 from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.run import ProceduralBackend, synthesize
 

@@ -17,22 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exdd_core.cli import _overlay_names, build_parser, main
-from exdd_core.errors import InputError, MismatchError
-from exdd_core.extract import make_extractor, write_store
-from exdd_core.imageio import save_png
-from exdd_core.inference import (
-    build_card,
-    check_sizes,
-    expand_inputs,
-    load_card,
-    open_scorer,
-    score_file,
-    write_card,
-)
-from exdd_core.records import ImageRecord
-from exdd_core.scoring import MODES, ScoringBank, score_image
-from exdd_core.store import Store
+from exdd_core.data.imageio import save_png
+from exdd_core.data.records import ImageRecord
+from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.features.store import Store
+from exdd_core.runtime.errors import InputError, MismatchError
+from exdd_core.scoring.card import Card, build_card, load_card, write_card
+from exdd_core.scoring.dual import MODES, ScoringBank, score_image
+from exdd_core.serve.cli import _overlay_names, build_parser, main
+from exdd_core.serve.inference import check_sizes, expand_inputs, open_scorer, score_file
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 48)  # (H, W)
@@ -75,20 +68,19 @@ def mini(tmp_path_factory) -> Path:
     write_store(records[3:], root / "banks" / "defect.zarr", ex, kind="defect", **common)
     write_store(records, root / "features" / "test.zarr", ex, kind="test", **common)
     thresholds = {**{m: 1.0 for m in MODES}, "patchcore": 2.0}
-    card = build_card(
-        fake_metrics(), thresholds, Store(root / "features" / "test.zarr").attrs, SCORING, 0, (0.0, 2.0)
-    )
+    attrs = Store(root / "features" / "test.zarr").attrs
+    card = build_card(fake_metrics(), thresholds, attrs, SCORING, 0, (0.0, 2.0), False)
     write_card(root / "eval" / "model.json", card)
     return root
 
 
 def test_scorer_gives_the_library_scores_of_the_stored_rows(mini: Path) -> None:
     scorer = open_scorer(mini / "banks", mini / "eval" / "model.json")
-    assert scorer.projection is not None and scorer.grid == (8, 6)
+    assert scorer.projection is not None and scorer.model.grid == (8, 6)
     normal = ScoringBank(Store(mini / "banks" / "normal.zarr").read_all(), 2)
     defect = ScoringBank(Store(mini / "banks" / "defect.zarr").read_all(), 2)
     for _, image_id, rows, _ in Store(mini / "features" / "test.zarr").iter_images():
-        want = score_image(rows, scorer.grid, normal, defect, eps=1e-6, map_reweight=True)
+        want = score_image(rows, scorer.model.grid, normal, defect, eps=1e-6, map_reweight=True)
         got = score_file(scorer, mini / "img" / f"{image_id}.png")
         assert got.result.exdd == pytest.approx(want.exdd, rel=1e-6)
         assert got.result.patchcore == pytest.approx(want.patchcore, rel=1e-6)
@@ -97,13 +89,14 @@ def test_scorer_gives_the_library_scores_of_the_stored_rows(mini: Path) -> None:
 
 def test_card_round_trip_and_refusals(mini: Path, tmp_path: Path) -> None:
     card = load_card(mini / "eval" / "model.json")
-    assert card["thresholds"]["patchcore"] == 2.0 and card["backbone"]["seed"] == 0
-    assert card["features"]["image_size"] == list(SIZE) and card["features"]["stored_dim"] == 32
+    assert card.thresholds["patchcore"] == 2.0 and card.backbone["seed"] == 0
+    assert card.features["image_size"] == list(SIZE) and card.features["stored_dim"] == 32
+    assert card.image_size == SIZE and Card.from_dict(card.to_dict(), "x") == card
 
     def refused(change, match: str, err=MismatchError) -> None:
-        bad = json.loads(json.dumps(card))
+        bad = json.loads(json.dumps(card.to_dict()))
         change(bad)
-        write_card(tmp_path / "model.json", bad)
+        (tmp_path / "model.json").write_text(json.dumps(bad))
         with pytest.raises(err, match=match):
             open_scorer(mini / "banks", tmp_path / "model.json")
 
@@ -111,6 +104,7 @@ def test_card_round_trip_and_refusals(mini: Path, tmp_path: Path) -> None:
     refused(lambda c: c["backbone"].update(seed=1), "weights_id")  # other random weights than the banks'
     refused(lambda c: c["preprocessing"].update(mean=[0.5, 0.5, 0.5]), "preprocessing")
     refused(lambda c: c.update(format="metrics"), "not an exdd deployment card", InputError)
+    refused(lambda c: c.pop("thresholds"), r"lacks \['thresholds'\]", InputError)
     with pytest.raises(InputError, match="deployment card not found"):
         load_card(tmp_path / "nowhere.json")
 
@@ -164,7 +158,7 @@ def test_help_lists_the_verbs_and_the_console_script_points_here(capsys) -> None
     text = capsys.readouterr().out
     assert "score" in text and "info" in text
     # (tomllib is 3.11+, the project supports 3.10)
-    assert 'exdd = "exdd_core.cli:main"' in (REPO / "pyproject.toml").read_text()
+    assert 'exdd = "exdd_core.serve.cli:main"' in (REPO / "pyproject.toml").read_text()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -179,9 +173,9 @@ def project(tiny_project) -> tuple[Path, dict[str, str]]:
 
 
 def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The console script's code path (`exdd` = exdd_core.cli:main) in a fresh process, as a user runs it."""
+    """The console script's code path (`exdd` = exdd_core.serve.cli:main) in a fresh process, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "exdd_core.cli", *args],
+        [sys.executable, "-m", "exdd_core.serve.cli", *args],
         cwd=root,
         env=env,
         capture_output=True,

@@ -5,7 +5,7 @@ rounding of the bounds), and a coreset as large as the number of distinct rows."
 import numpy as np
 import pytest
 
-from exdd_core.coreset import _FullPass, _Screen, _sq_dists, greedy_plain, greedy_pruned, row_distances
+from exdd_core.banks.coreset import _FullPass, _Screen, _sq_dists, greedy_plain, greedy_pruned, row_distances
 
 
 def same_picks(x: np.ndarray, k: int, start: int) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exdd_core.errors import InputError
-from exdd_core.imageio import image_size_of, load_image, load_mask, save_png
+from exdd_core.data.imageio import image_size_of, load_image, load_mask, save_png
+from exdd_core.runtime.errors import InputError
 
 
 def _rgb(h: int = 12, w: int = 8) -> np.ndarray:

@@ -12,9 +12,24 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from exdd_core import metrics
-from exdd_core.errors import InputError, ParamError
-from exdd_core.metrics import image_metrics, pixel_metrics, pr_points, pro_curve, roc_points
+from exdd_core.evaluation import pixel_metrics as metrics
+from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
+from exdd_core.evaluation.pixel_metrics import pixel_report
+from exdd_core.runtime.errors import InputError, ParamError
+
+# --------------------------------------------------------------------------------------------------------
+# the two views of `pixel_report` these tests check
+
+
+def pixel_metrics(masks, maps, max_fpr: float = 0.3) -> dict[str, float]:
+    return pixel_report(masks, maps, max_fpr).metrics()
+
+
+def pro_curve(masks, maps, max_fpr: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """The exact (unthinned) PRO curve of the report."""
+    pro = pixel_report(masks, maps, max_fpr, max_points=10**9).pro
+    return np.array([p["fpr"] for p in pro]), np.array([p["pro"] for p in pro])
+
 
 # --------------------------------------------------------------------------------------------------------
 # slow references

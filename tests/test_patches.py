@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from exdd_core.patches import aggregate_patches, local_average, mask_coverage, to_rows
+from exdd_core.features.patches import aggregate_patches, local_average, mask_coverage, to_rows
 
 
 def loop_average(a: np.ndarray, p: int, padded: bool) -> np.ndarray:

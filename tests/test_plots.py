@@ -12,10 +12,15 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_curve
 
-from exdd_core import metrics
-from exdd_core.errors import ParamError
-from exdd_core.evaluate import _case_title, score_histogram
-from exdd_core.metrics import pixel_metrics, pixel_report, pixel_roc_points
+from exdd_core.evaluation import pixel_metrics as metrics
+from exdd_core.evaluation.heatmaps import _case_title
+from exdd_core.evaluation.pixel_metrics import pixel_report
+from exdd_core.evaluation.report import score_histogram
+from exdd_core.runtime.errors import ParamError
+
+
+def pixel_roc_points(masks, maps, max_points: int = 500) -> list[dict[str, float]]:
+    return pixel_report(masks, maps, max_points=max_points).roc
 
 
 def case(seed: int, ties: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -59,13 +64,15 @@ def test_pixel_roc_downsampled_keeps_ends_and_order() -> None:
         pixel_roc_points(masks, maps, max_points=1)
 
 
-def test_pixel_report_is_pixel_metrics_plus_roc() -> None:
+def test_pixel_report_curves_thinned_and_empty_without_defects() -> None:
     masks, maps = case(5, ties=True)
-    m, pts = pixel_report(masks, maps, max_fpr=0.3, max_points=50)
-    assert m == pixel_metrics(masks, maps, max_fpr=0.3)
-    assert pts == pixel_roc_points(masks, maps, max_points=50)
-    no_defects = [np.zeros_like(masks[0])]
-    assert pixel_roc_points(no_defects, maps[:1]) == []
+    rep = pixel_report(masks, maps, max_fpr=0.3, max_points=50)
+    full = pixel_report(masks, maps, max_fpr=0.3, max_points=10**6)
+    assert rep.metrics() == full.metrics()  # thinning the curves never changes the metrics
+    assert len(rep.pro) <= 50 and rep.pro[0] == {"fpr": 0.0, "pro": 0.0} and rep.pro[-1] == full.pro[-1]
+    assert rep.pro[-1]["fpr"] == pytest.approx(0.3)
+    no_defects = pixel_report([np.zeros_like(masks[0])], maps[:1])
+    assert no_defects.roc == [] and no_defects.pro == [] and np.isnan(no_defects.auroc)
 
 
 def test_score_histogram_fractions_per_class() -> None:

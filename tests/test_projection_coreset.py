@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from exdd_core.coreset import (
+from exdd_core.banks.coreset import (
     coreset_size,
     coverage_radius,
     greedy_coreset,
     greedy_plain,
     greedy_pruned,
 )
-from exdd_core.projection import project, projection_matrix
+from exdd_core.features.projection import project, projection_matrix
 
 
 def test_projection_unit_columns_seeded_and_pinned():

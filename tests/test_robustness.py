@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from exdd_core.errors import ExddError, InputError, MismatchError, ParamError
-from exdd_core.evaluate import load_banks
-from exdd_core.imageio import load_image, load_mask
-from exdd_core.params import load_params, validate
-from exdd_core.store import StoreWriter
+from exdd_core.data.imageio import load_image, load_mask
+from exdd_core.evaluation.report import load_banks
+from exdd_core.features.store import StoreWriter
+from exdd_core.runtime.errors import ExddError, InputError, MismatchError, ParamError
+from exdd_core.runtime.params import load_params, validate
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from exdd_core.maps import anomaly_map, upsample
-from exdd_core.scoring import MODES, ScoringBank, reweight, score_image
+from exdd_core.scoring.dual import MODES, ScoringBank, reweight, score_image
+from exdd_core.scoring.maps import anomaly_map, upsample
 
 EPS = 1e-6
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exdd_core.imageio import save_png
-from exdd_core.records import ImageRecord, read_manifest
-from exdd_core.synth.cache import SampleCache, array_digest, sample_key
+from exdd_core.data.imageio import save_png
+from exdd_core.data.records import ImageRecord, read_manifest
+from exdd_core.runtime.hashing import array_digest
+from exdd_core.synth.cache import SampleCache, sample_key
 from exdd_core.synth.run import MAX_ATTEMPTS, ProceduralBackend, synthesize
 
 IMAGE_SIZE = (64, 32)
@@ -149,7 +150,7 @@ def test_samples_that_never_show_a_defect_are_dropped_loudly(data, tmp_path):
 
 
 def test_batch_size_must_be_positive(data, tmp_path):
-    from exdd_core.errors import ParamError
+    from exdd_core.runtime.errors import ParamError
 
     with pytest.raises(ParamError, match="batch_size"):
         run(data, tmp_path / "out", ProceduralBackend(), 1, batch_size=0)
@@ -162,7 +163,7 @@ def test_synthesize_stage_declares_every_synth_param_but_the_cache_dir():
 
     import yaml
 
-    from exdd_core.params import SCHEMA
+    from exdd_core.runtime.params import SCHEMA
 
     dvc = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
     declared = {p for p in dvc["stages"]["synthesize"]["params"] if isinstance(p, str)}

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from exdd_core.errors import MissingResourceError
-from exdd_core.imageio import load_image, load_mask, save_png
-from exdd_core.records import ImageRecord, read_manifest, write_manifest
+from exdd_core.data.imageio import load_image, load_mask, save_png
+from exdd_core.data.records import ImageRecord, read_manifest, write_manifest
+from exdd_core.runtime.errors import MissingResourceError
 from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.diffmask import dilate_mask
 from exdd_core.synth.plan import SampleRecipe, apply_jitter

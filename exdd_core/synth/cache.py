@@ -18,25 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exdd_core.errors import InputError
-from exdd_core.imageio import load_image, save_png
+from exdd_core.data.imageio import load_image, save_png
+from exdd_core.runtime.atomic import write_text_atomic
+from exdd_core.runtime.errors import InputError
+from exdd_core.runtime.hashing import array_digest, files_digest
 
 KEY_FORMAT = 1  # bump when the meaning of a key's parts changes, so old entries stop matching
-
-
-def array_digest(array: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and bytes: two inputs share a digest only if they are identical."""
-    a = np.ascontiguousarray(array)
-    h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _canonical(parts: dict[str, Any]) -> str:
@@ -101,29 +93,11 @@ class SampleCache:
         """Store a raw output (atomically) with its key parts beside it."""
         png, meta = self._paths(key)
         save_png(png, np.asarray(image, dtype=np.uint8))
-        _write_text_atomic(meta, json.dumps(parts, indent=1, sort_keys=True))
+        write_text_atomic(meta, json.dumps(parts, indent=1, sort_keys=True))
         self.writes += 1
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, like `save_png`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def source_digest(*paths: Path) -> str:
     """SHA-256 of source files' contents: part of a CPU backend's identity, so editing its code invalidates
     its cached outputs (cheap to regenerate, and a stale hit would silently disagree with the code)."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).name.encode() + b"\0")
-        h.update(Path(p).read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
+    return files_digest(*paths)

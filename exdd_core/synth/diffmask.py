@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from exdd_core.errors import InputError, ParamError
+from exdd_core.runtime.errors import InputError, ParamError
 
 
 def _check_pair(original: np.ndarray, generated: np.ndarray, inpaint_mask: np.ndarray) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from exdd_core.errors import ParamError
+from exdd_core.runtime.errors import ParamError
 
 PLAN_STREAM = 7919  # mixed into the seed so plans never share a random stream with other uses of `seed`
 MAX_SHIFT = 0.10  # fraction of the image size

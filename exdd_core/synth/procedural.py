@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from exdd_core.defects import Defect, combine, scratch, spot
-from exdd_core.errors import InputError
+from exdd_core.data.defects import Defect, combine, scratch, spot
+from exdd_core.runtime.errors import InputError
 
 PROMPT_STYLES = ("copper_scratches", "white_marks")  # prompt i uses style i % 2
 COPPER = np.array([205.0, 122.0, 72.0])

@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from exdd_core.atomic import atomic_dir
-from exdd_core.errors import ParamError
-from exdd_core.imageio import load_image, load_mask, save_png
-from exdd_core.records import ImageRecord, write_manifest
+from exdd_core.data.imageio import load_image, load_mask, save_png
+from exdd_core.data.records import ImageRecord, write_manifest
+from exdd_core.runtime.atomic import atomic_dir
+from exdd_core.runtime.errors import ParamError
 from exdd_core.synth.cache import SampleCache, sample_key, source_digest
 from exdd_core.synth.diffmask import diff_mask, paste_outside
 from exdd_core.synth.plan import SampleRecipe, apply_jitter, plan_sample
@@ -62,7 +62,7 @@ class ProceduralBackend:
 
     def cache_identity(self) -> dict[str, Any]:
         """The painter's identity is its code: an edit to it must not be answered from the cache."""
-        import exdd_core.defects as defects
+        import exdd_core.data.defects as defects
         import exdd_core.synth.procedural as procedural
 
         files = [Path(m.__file__) for m in (procedural, defects)] + [Path(__file__)]

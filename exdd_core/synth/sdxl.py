@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from exdd_core.errors import InputError, MissingResourceError, ParamError
+from exdd_core.runtime.errors import InputError, MissingResourceError, ParamError
+from exdd_core.runtime.hashing import file_fingerprint
 from exdd_core.synth.plan import SampleRecipe
 
 DEFAULT_MODEL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
@@ -71,7 +72,7 @@ class SdxlSettings:
 
     @classmethod
     def from_params(cls, synth: dict[str, Any]) -> SdxlSettings:
-        from exdd_core.knn import resolve_device
+        from exdd_core.banks.knn import resolve_device
 
         resolution = int(synth["resolution"])
         if resolution % 8:
@@ -145,21 +146,6 @@ def missing_components(folder: Path) -> list[str]:
     return missing
 
 
-def _file_digest(path: Path) -> str:
-    """SHA-256 of a file, or of its size, head and tail when larger than FULL_HASH_LIMIT: multi-GB weights are
-    fingerprinted in a fraction of a second, and two different trainings differ in their first megabytes."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= FULL_HASH_LIMIT:
-            h.update(f.read())
-        else:
-            h.update(f.read(PARTIAL_HASH_BYTES))
-            f.seek(size - PARTIAL_HASH_BYTES)
-            h.update(f.read(PARTIAL_HASH_BYTES))
-    return h.hexdigest()
-
-
 def folder_fingerprint(folder: Path) -> str:
     """Content fingerprint of a local model folder (relative paths + file digests; hidden files ignored), so
     moving or copying the folder keeps the cached samples and replacing its weights invalidates them."""
@@ -168,7 +154,12 @@ def folder_fingerprint(folder: Path) -> str:
         rel = p.relative_to(folder)
         if not p.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        h.update(rel.as_posix().encode() + b"\0" + _file_digest(p).encode() + b"\0")
+        h.update(
+            rel.as_posix().encode()
+            + b"\0"
+            + file_fingerprint(p, FULL_HASH_LIMIT, PARTIAL_HASH_BYTES).encode()
+            + b"\0"
+        )
     return h.hexdigest()
 
 

@@ -9,15 +9,13 @@ Layout of a store (a Zarr v3 group):
     attrs        provenance (backbone, weights, layers, patch size, image size, grid, projection seed, stored
                  dim, source manifest hash, ...), the image ids and each image's row offsets
 
-A writer fills `.<name>.partial-<pid>` beside `<path>` and renames it to `<path>` only when complete, so an interrupted stage
-never leaves a half store where DVC would cache it.
+A writer fills a `runtime.atomic.PendingPath` beside `<path>` and renames it to `<path>` only when complete, so an
+interrupted stage never leaves a half store where DVC would cache it.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from exdd_core.atomic import clean_stale_partials, partial_prefix, replace_path
-from exdd_core.errors import InputError, MismatchError
+from exdd_core.runtime.atomic import PendingPath
+from exdd_core.runtime.errors import InputError, MismatchError
 
 FORMAT = "exdd-features/1"
 TARGET_CHUNK_BYTES = 24 << 20
@@ -64,9 +62,8 @@ class StoreWriter:
         chunk_rows: int | None = None,
     ):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_partials(self.path)
-        self.tmp = self.path.with_name(f"{partial_prefix(self.path)}{os.getpid()}")
+        self._pending = PendingPath(self.path, directory=True)
+        self.tmp = self._pending.tmp
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
         self.chunk_rows = chunk_rows or chunk_rows_for(self.dim, self.dtype.itemsize)
@@ -139,12 +136,12 @@ class StoreWriter:
         self.group.attrs.update(
             {**self.attrs, "format": FORMAT, "images": self.images, "offsets": self.offsets, "dim": self.dim}
         )
-        replace_path(self.tmp, self.path)
+        self._pending.commit()
         self._done = True
         return self.path
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._pending.abort()
 
     def __enter__(self) -> StoreWriter:
         return self

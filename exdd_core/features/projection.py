@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+import torch
+
+Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
 
 
 def projection_matrix(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
@@ -18,8 +23,9 @@ def projection_matrix(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
     return mat.astype(np.float32)
 
 
-def project(x: np.ndarray, mat: np.ndarray) -> np.ndarray:
-    """Project rows (n, in_dim) -> (n, out_dim) in float32."""
+def project(x: Rows, mat: Rows) -> Rows:
+    """Project rows (n, in_dim) -> (n, out_dim): numpy or torch, as given (the feature stages project torch
+    tensors on the backbone's device, the bank stages numpy blocks of a store)."""
     if x.shape[-1] != mat.shape[0]:
         raise ValueError(f"projection expects rows of dim {mat.shape[0]}, got {x.shape[-1]}")
-    return np.asarray(x, dtype=np.float32) @ mat
+    return x @ mat

@@ -5,23 +5,27 @@
 
 `score` writes `<out>/scores.csv` (image, ExDD score, PatchCore score, decision) and one heatmap overlay PNG
 per image in `<out>/overlays/`, the size of the image file. Scores equal evaluate's for the same image: the
-scoring path is the library's (see exdd_core.inference).
+scoring path is the library's (see exdd_core.serve.inference).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exdd_core.errors import ExddError, InputError
-from exdd_core.runlog import log, run_stage, setup_logging, track
+from exdd_core.runtime.atomic import write_csv_atomic
+from exdd_core.runtime.choices import SCORE_MODES
+from exdd_core.runtime.errors import ExddError, InputError
+from exdd_core.runtime.runlog import log, run_stage, setup_logging, track
+
+if TYPE_CHECKING:  # the CLI imports torch only when a command needs it
+    from exdd_core.scoring.card import Card
 
 DEFAULT_OUT = Path("scored")
+SCORE_COLUMNS = ("image", "exdd", "patchcore", "decision", "threshold", "overlay")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -39,10 +43,10 @@ def _overlay_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _threshold(args: argparse.Namespace, card: dict[str, Any], mode: str) -> float | None:
+def _threshold(args: argparse.Namespace, card: Card, mode: str) -> float | None:
     if args.threshold is not None:
         return float(args.threshold)
-    thr = card["thresholds"].get(mode)
+    thr = card.thresholds.get(mode)
     if thr is None:
         log.warning(
             "the card has no threshold for mode %s (the test set had one class only): decisions left empty; "
@@ -52,54 +56,45 @@ def _threshold(args: argparse.Namespace, card: dict[str, Any], mode: str) -> flo
     return thr
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from exdd_core.atomic import write_text_atomic
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["image", "exdd", "patchcore", "decision", "threshold", "overlay"])
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
-
-
 def cmd_score(args: argparse.Namespace) -> str:
     """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
-    from exdd_core.imageio import save_png
-    from exdd_core.inference import (
+    from exdd_core.banks.knn import resolve_device
+    from exdd_core.data.imageio import save_png
+    from exdd_core.evaluation.overlay import overlay
+    from exdd_core.scoring.card import load_card
+    from exdd_core.scoring.model import FALLBACK_NOTE
+    from exdd_core.serve.inference import (
         check_sizes,
         expand_inputs,
         find_card,
-        load_card,
         map_at_image_size,
         open_scorer,
         score_file,
     )
-    from exdd_core.knn import resolve_device
-    from exdd_core.overlay import overlay
 
     paths = expand_inputs(args.images)
     card_path = find_card(args.banks, args.model)
     card = load_card(card_path)
-    size = tuple(card["features"]["image_size"])
+    size = card.image_size
     if not args.resize:
         check_sizes(paths, size)  # type: ignore[arg-type]
     device = resolve_device(args.device)
     scorer = open_scorer(args.banks, card_path, device)
-    mode = args.mode or card["scoring"]["mode"]
+    mode = args.mode or card.scoring["mode"]
     thr = _threshold(args, card, mode)
-    lo, hi = card["map_range"]
+    lo, hi = card.map_range
     log.info(
         "banks %s, card %s: %s, weights %s, image size %sx%s, ExDD mode %s, threshold %s",
         args.banks,
         card_path,
-        card["backbone"]["name"],
-        card["features"]["weights_id"],
+        card.backbone["name"],
+        card.features["weights_id"],
         *size,
         mode,
         thr,
     )
-    if scorer.defect is None:
-        log.warning("defect bank empty: ExDD scores fall back to the PatchCore score (SPEC row H)")
+    if scorer.model.fallback:
+        log.warning(FALLBACK_NOTE)
 
     out: Path = args.out
     names = _overlay_names(paths)
@@ -125,11 +120,11 @@ def cmd_score(args: argparse.Namespace) -> str:
                 "overlay": "" if args.no_overlays else f"overlays/{name}",
             }
         )
-    _write_csv(out / "scores.csv", rows)
+    write_csv_atomic(out / "scores.csv", rows, SCORE_COLUMNS)
     note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""
     return (
-        f"scored {len(paths)} images{note} on {device} with {card['backbone']['name']} "
-        f"({card['features']['weights_id']}): {flagged} defective at ExDD ({mode}) threshold "
+        f"scored {len(paths)} images{note} on {device} with {card.backbone['name']} "
+        f"({card.features['weights_id']}): {flagged} defective at ExDD ({mode}) threshold "
         f"{'none' if thr is None else f'{thr:.6g}'} -> {out / 'scores.csv'}"
         + ("" if args.no_overlays else f", overlays in {out / 'overlays'}")
     )
@@ -170,7 +165,7 @@ def _disk_bytes(path: Path) -> int:
 
 def store_info(path: Path) -> dict[str, Any]:
     """What a feature store or bank holds: size, provenance, and for a bank the coverage radius."""
-    from exdd_core.store import Store
+    from exdd_core.features.store import Store
 
     st = Store(path)
     info: dict[str, Any] = {"path": str(path), "rows": len(st), "dim": st.dim}
@@ -211,11 +206,11 @@ def _print_table(title: str, info: dict[str, Any]) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> str:
-    from exdd_core.inference import load_card
+    from exdd_core.scoring.card import load_card
 
     result: dict[str, Any] = {}
     for kind, p in _targets(args.path):
-        result[str(p)] = store_info(p) if kind == "store" else load_card(p)
+        result[str(p)] = store_info(p) if kind == "store" else load_card(p).to_dict()
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
@@ -259,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument(
         "--mode",
-        choices=("paper", "same_patch", "max_ratio"),
+        choices=SCORE_MODES,
         default=None,
         help="ExDD image-score mode (default: the one evaluate reported; its threshold comes along)",
     )

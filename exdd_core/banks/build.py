@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exdd_core.coreset import coreset_size, greedy_coreset
-from exdd_core.projection import projection_matrix
-from exdd_core.store import Store, StoreWriter
+from exdd_core.banks.coreset import coreset_size, greedy_coreset
+from exdd_core.features.projection import project, projection_matrix
+from exdd_core.features.store import Store, StoreWriter
 
 
 def project_store(store: Store, dim: int, seed: int) -> np.ndarray:
@@ -22,7 +22,7 @@ def project_store(store: Store, dim: int, seed: int) -> np.ndarray:
     mat = projection_matrix(store.dim, dim, seed)
     out = np.empty((len(store), dim), dtype=np.float32)
     for a, block in store.iter_blocks():
-        out[a : a + len(block)] = block @ mat
+        out[a : a + len(block)] = project(block, mat)
     return out
 
 

@@ -11,9 +11,11 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from exdd_core.errors import InputError, MissingResourceError, ParamError
-from exdd_core.imageio import image_size_of, load_mask
-from exdd_core.records import ImageRecord, file_digest
+from exdd_core.data.imageio import image_size_of, load_mask
+from exdd_core.data.records import ImageRecord
+from exdd_core.runtime.atomic import atomic_path
+from exdd_core.runtime.errors import InputError, MissingResourceError, ParamError
+from exdd_core.runtime.hashing import file_digest
 
 KSDD2_URL = "https://go.vicos.si/kolektorsdd2"
 KSDD2_MD5 = "1ed0f628122776ace4965afa30dfe316"
@@ -77,21 +79,19 @@ def download_ksdd2(zip_path: Path) -> Path:
     """Try to download the official archive to `zip_path`; MissingResourceError (with instructions) if not."""
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(zip_path.name + ".part")
     try:
-        with urllib.request.urlopen(KSDD2_URL, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as f:
-            shutil.copyfileobj(resp, f)
+        with atomic_path(zip_path) as tmp:
+            with urllib.request.urlopen(KSDD2_URL, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as f:
+                shutil.copyfileobj(resp, f)
+            if not zipfile.is_zipfile(tmp):
+                raise MissingResourceError(
+                    f"KolektorSDD2 download from {KSDD2_URL} did not return a zip archive. "
+                    f"{_how_to_get(zip_path)}"
+                )
     except (OSError, ValueError) as e:  # URLError, HTTPError and socket timeouts are all OSErrors
-        tmp.unlink(missing_ok=True)
         raise MissingResourceError(
             f"KolektorSDD2 could not be downloaded ({e}). {_how_to_get(zip_path)}"
         ) from e
-    if not zipfile.is_zipfile(tmp):
-        tmp.unlink(missing_ok=True)
-        raise MissingResourceError(
-            f"KolektorSDD2 download from {KSDD2_URL} did not return a zip archive. {_how_to_get(zip_path)}"
-        )
-    tmp.replace(zip_path)
     return zip_path
 
 

@@ -25,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from exdd_core.errors import ExddError
+from exdd_core.runtime.errors import ExddError
 
 T = TypeVar("T")
 console = Console(stderr=True)

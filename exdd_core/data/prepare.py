@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exdd_core.atomic import atomic_dir
-from exdd_core.errors import InputError
-from exdd_core.imageio import image_size_of, load_image, load_mask, save_png
-from exdd_core.records import ImageRecord, write_manifest
+from exdd_core.data.imageio import image_size_of, load_image, load_mask, save_png
+from exdd_core.data.records import ImageRecord, write_manifest
+from exdd_core.runtime.atomic import atomic_dir
+from exdd_core.runtime.errors import InputError
 
 GROUPS = ("train_normal", "train_defective", "test")
 
@@ -34,7 +34,7 @@ def read_source(data: dict, seed: int, scratch: Path) -> list[ImageRecord]:
     source = data["source"]
     size = tuple(data["image_size"])
     if source == "demo":
-        from exdd_core.sources.demo import generate_demo
+        from exdd_core.data.sources.demo import generate_demo
 
         d = data["demo"]
         return generate_demo(
@@ -47,12 +47,12 @@ def read_source(data: dict, seed: int, scratch: Path) -> list[ImageRecord]:
             test_defective=d["test_defective"],
         )
     if source == "ksdd2":
-        from exdd_core.sources.ksdd2 import ensure_ksdd2, read_ksdd2
+        from exdd_core.data.sources.ksdd2 import ensure_ksdd2, read_ksdd2
 
         root = ensure_ksdd2(Path(data["root"]), Path(data["zip"]))
         return read_ksdd2(root, "train") + read_ksdd2(root, "test")
     if source == "mvtec":
-        from exdd_core.sources.mvtec import read_mvtec
+        from exdd_core.data.sources.mvtec import read_mvtec
 
         root = Path(data["root"])
         return read_mvtec(root, "train") + read_mvtec(root, "test")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exdd_core.errors import InputError, MissingResourceError, ParamError
-from exdd_core.patches import Aggregation, aggregate_patches
+from exdd_core.features.patches import Aggregation, aggregate_patches
+from exdd_core.runtime.choices import NAMED_WEIGHTS, WEIGHT_SUFFIXES
+from exdd_core.runtime.errors import InputError, MissingResourceError, ParamError
+from exdd_core.runtime.hashing import file_digest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,12 @@ class BackboneSpec:
 
 
 def _weights_kind(weights: str) -> str:
-    if weights in ("random", "imagenet"):
+    if weights in NAMED_WEIGHTS:
         return weights
-    if weights.endswith(LOCAL_WEIGHT_SUFFIXES):
+    if weights.endswith(WEIGHT_SUFFIXES):
         return "file"
     raise ParamError(
-        f"backbone.weights: expected 'random', 'imagenet' or a path ending in {LOCAL_WEIGHT_SUFFIXES}, "
+        f"backbone.weights: expected one of {NAMED_WEIGHTS} or a path ending in {WEIGHT_SUFFIXES}, "
         f"got {weights!r}"
     )
 
@@ -142,7 +142,7 @@ def weights_fingerprint(spec: BackboneSpec) -> str:
         return f"random(seed={spec.seed}, zero_init_last=True)"
     if kind == "imagenet":
         return "imagenet(timm default pretrained tag)"
-    h = hashlib.sha256(Path(spec.weights).read_bytes()).hexdigest()[:16]
+    h = file_digest(Path(spec.weights))[:16]
     return f"file({Path(spec.weights).name}, sha256={h})"
 
 

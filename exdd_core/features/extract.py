@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from exdd_core.backbone import BackboneSpec, PatchFeatureExtractor
-from exdd_core.errors import InputError
-from exdd_core.imageio import load_image, load_mask
-from exdd_core.patches import mask_coverage, to_rows
-from exdd_core.projection import projection_matrix
-from exdd_core.records import ImageRecord, file_digest
-from exdd_core.store import StoreWriter
+from exdd_core.data.imageio import load_image, load_mask
+from exdd_core.data.records import ImageRecord
+from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
+from exdd_core.features.patches import mask_coverage, to_rows
+from exdd_core.features.projection import project, projection_matrix
+from exdd_core.features.store import StoreWriter
+from exdd_core.runtime.errors import InputError
+from exdd_core.runtime.hashing import file_digest
 
 BBOX_CROP_SIZE = (128, 128)
 
@@ -114,7 +115,7 @@ def write_store(
                     keep = mask_coverage(mask, grid).reshape(-1).to(rows.device) >= mask_threshold
                     rows, pos = rows[keep], pos[keep.cpu()]
             if proj is not None:
-                rows = rows @ proj
+                rows = project(rows, proj)
             writer.add(r.id, rows.float().cpu().numpy(), pos.numpy())
             n_rows += int(rows.shape[0])
     return {"images": len(records), "rows": n_rows}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from exdd_core.errors import InputError
+from exdd_core.runtime.atomic import write_csv_atomic
+from exdd_core.runtime.errors import InputError
 
 MANIFEST_FIELDS = ("id", "split", "label", "image", "mask")
 
@@ -26,13 +26,17 @@ class ImageRecord:
 
 def write_manifest(records: list[ImageRecord], path: Path, root: Path) -> None:
     """Write records as CSV with paths relative to `root` (so a prepared folder can move with DVC)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(MANIFEST_FIELDS)
-        for r in records:
-            mask = "" if r.mask_path is None else Path(r.mask_path).relative_to(root).as_posix()
-            w.writerow([r.id, r.split, r.label, Path(r.image_path).relative_to(root).as_posix(), mask])
+    rows = [
+        {
+            "id": r.id,
+            "split": r.split,
+            "label": r.label,
+            "image": Path(r.image_path).relative_to(root).as_posix(),
+            "mask": "" if r.mask_path is None else Path(r.mask_path).relative_to(root).as_posix(),
+        }
+        for r in records
+    ]
+    write_csv_atomic(path, rows, MANIFEST_FIELDS)
 
 
 def read_manifest(path: Path) -> list[ImageRecord]:
@@ -57,12 +61,3 @@ def read_manifest(path: Path) -> list[ImageRecord]:
                 )
             )
     return out
-
-
-def file_digest(path: Path, algorithm: str = "sha256", block: int = 1 << 20) -> str:
-    """Hex digest of a file's bytes, read in blocks (manifest hashes in provenance, archive checksums)."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from exdd_core.atomic import write_text_atomic
-from exdd_core.errors import InputError
-from exdd_core.imageio import load_image, load_mask, save_png
-from exdd_core.maps import anomaly_map
-from exdd_core.metrics import image_metrics, pixel_report, pr_points, roc_points
-from exdd_core.overlay import overlay, side_by_side
-from exdd_core.records import read_manifest
-from exdd_core.scoring import MODES, ScoringBank, score_image
-from exdd_core.store import Store, check_compatible
+from exdd_core.data.imageio import load_mask
+from exdd_core.data.records import read_manifest
+from exdd_core.evaluation.heatmaps import write_heatmaps
+from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
+from exdd_core.evaluation.pixel_metrics import PixelReport, pixel_report
+from exdd_core.features.store import Store, check_compatible
+from exdd_core.runtime.atomic import write_csv_atomic
+from exdd_core.runtime.choices import SCORE_MODES as MODES
+from exdd_core.runtime.errors import InputError
+from exdd_core.scoring.model import ExddModel, ScoringSettings
 
 
 @dataclass
@@ -60,45 +60,41 @@ def evaluate(
         raise InputError(
             f"{test_features}: images {missing[:3]} are not in {test_manifest} (stale features?)"
         )
-    size = tuple(ts.attrs["image_size"])
-    grid = tuple(ts.attrs["grid"])
-    b = scoring["neighbors"]
-    nb = ScoringBank(bn.read_all(), b, device)
-    pb = ScoringBank(bp.read_all(), b, device) if len(bp) else None
-
+    settings = ScoringSettings.from_params(scoring)
+    model = ExddModel.from_stores(bn, bp, settings, device)
+    size = model.image_size
     n = len(ts.images)
     labels = np.empty(n, dtype=np.int64)
     scores: dict[str, np.ndarray] = {k: np.empty(n) for k in (*MODES, "patchcore", "patchcore_reweighted")}
     maps_exdd = np.empty((n, *size), dtype=np.float32)
     maps_pc = np.empty((n, *size), dtype=np.float32)
     masks = np.zeros((n, *size), dtype=bool)
-    fallback = False
     for i, image_id, rows, _ in progress(ts.iter_images(), "evaluate", n):
         rec = records[image_id]
-        res = score_image(rows, grid, nb, pb, eps=scoring["eps"], map_reweight=scoring["map_reweight"])
-        fallback |= res.fallback
+        scored = model.score(rows)
+        res = scored.result
         labels[i] = rec.label
         for m in MODES:
             scores[m][i] = res.exdd[m]
         scores["patchcore"][i] = res.patchcore
         scores["patchcore_reweighted"][i] = res.patchcore_reweighted
-        maps_exdd[i] = anomaly_map(res.ratio_map, size, scoring["sigma"], quantize_8bit=scoring["map_8bit"])
-        maps_pc[i] = anomaly_map(res.normal_map, size, scoring["sigma"])
+        maps_exdd[i] = scored.exdd_map()
+        maps_pc[i] = scored.patchcore_map()
         if rec.mask_path is not None:
             masks[i] = load_mask(rec.mask_path, size)
 
     default = scoring["mode"]
-    px_exdd, pixel_roc_exdd = pixel_report(masks, maps_exdd, eval_params["max_fpr"])
-    px_pc, pixel_roc_pc = pixel_report(masks, maps_pc, eval_params["max_fpr"])
+    px_exdd = pixel_report(masks, maps_exdd, eval_params["max_fpr"])
+    px_pc = pixel_report(masks, maps_pc, eval_params["max_fpr"])
     modes = {m: _image_block(labels, scores[m]) for m in MODES}
     metrics: dict[str, Any] = {
-        "exdd": {**modes[default], **_pixel_block(px_exdd), "mode": default},
-        "patchcore": {**_image_block(labels, scores["patchcore"]), **_pixel_block(px_pc)},
+        "exdd": {**modes[default], **_pixel_block(px_exdd.metrics()), "mode": default},
+        "patchcore": {**_image_block(labels, scores["patchcore"]), **_pixel_block(px_pc.metrics())},
         "patchcore_reweighted": _image_block(labels, scores["patchcore_reweighted"]),
         "modes": modes,
-        "fallback": bool(fallback),
+        "fallback": model.fallback,
         "test_images": {"normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())},
-        "bank_sizes": {"normal": len(bn), "defect": len(bp)},
+        "bank_sizes": model.bank_sizes,
         "coverage_radius": {
             "normal": bn.attrs.get("coverage_radius"),
             "defect": bp.attrs.get("coverage_radius"),
@@ -107,7 +103,7 @@ def evaluate(
     ids = list(ts.images)
     scores["exdd"] = scores[default]
     _write_outputs(out_dir, ids, labels, scores)
-    _write_pixel_roc(out_dir / "plots", {"exdd": pixel_roc_exdd, "patchcore": pixel_roc_pc})
+    _write_pixel_curves(out_dir / "plots", {"exdd": px_exdd, "patchcore": px_pc})
     thresholds = f1_thresholds(labels, scores)
     thr = thresholds[default]
     lo, hi = (float(v) for v in np.percentile(maps_exdd, [1.0, 99.9]))
@@ -155,18 +151,6 @@ def _pixel_block(m: dict[str, float]) -> dict[str, float | None]:
     return {"pixel_auroc": _round(m["auroc"]), "pixel_ap": _round(m["ap"]), "aupro": _round(m["aupro"])}
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: dict) -> None:
     """scores.csv (per image, every score), ROC/PR curves and score distributions for DVC plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,12 +158,12 @@ def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: di
         {"image": i, "label": int(labels[k]), **{m: f"{scores[m][k]:.8g}" for m in scores}}
         for k, i in enumerate(ids)
     ]
-    write_text_atomic(out_dir / "scores.csv", _csv_text(rows))
+    write_csv_atomic(out_dir / "scores.csv", rows)
     plots = out_dir / "plots"
     for name, key in (("exdd", "exdd"), ("patchcore", "patchcore")):
         if len(np.unique(labels)) == 2:
-            write_text_atomic(plots / f"roc_{name}.csv", _csv_text(roc_points(labels, scores[key])))
-            write_text_atomic(plots / f"pr_{name}.csv", _csv_text(pr_points(labels, scores[key])))
+            write_csv_atomic(plots / f"roc_{name}.csv", roc_points(labels, scores[key]))
+            write_csv_atomic(plots / f"pr_{name}.csv", pr_points(labels, scores[key]))
     dist = [
         {
             "image": i,
@@ -189,16 +173,18 @@ def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: di
         }
         for k, i in enumerate(ids)
     ]
-    write_text_atomic(plots / "scores.csv", _csv_text(dist))
+    write_csv_atomic(plots / "scores.csv", dist)
     for name in ("exdd", "patchcore"):
-        write_text_atomic(plots / f"dist_{name}.csv", _csv_text(score_histogram(labels, scores[name])))
+        write_csv_atomic(plots / f"dist_{name}.csv", score_histogram(labels, scores[name]))
 
 
-def _write_pixel_roc(plots: Path, curves: dict[str, list[dict[str, float]]]) -> None:
-    """Pixel ROC per method (none when the test set has no defect pixels: then there is no curve)."""
-    for name, points in curves.items():
-        if points:
-            write_text_atomic(plots / f"pixel_roc_{name}.csv", _csv_text(points))
+def _write_pixel_curves(plots: Path, reports: dict[str, PixelReport]) -> None:
+    """Pixel ROC and PRO curve per method (none when the test set has no defect pixels: no curve)."""
+    for name, rep in reports.items():
+        if rep.roc:
+            write_csv_atomic(plots / f"pixel_roc_{name}.csv", rep.roc)
+        if rep.pro:
+            write_csv_atomic(plots / f"pro_{name}.csv", rep.pro)
 
 
 def score_histogram(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> list[dict[str, float]]:
@@ -220,87 +206,3 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> l
         {"score": float(c), "normal": float(frac["normal"][k]), "defective": float(frac["defective"][k])}
         for k, c in enumerate(centres)
     ]
-
-
-def pick_cases(
-    labels: np.ndarray, scores: np.ndarray, threshold: float, how_many: int
-) -> list[tuple[str, int]]:
-    """(kind, index) of the best, worst and borderline test images, about a third each, no repeats."""
-    order = np.argsort(scores)
-    defective = [int(i) for i in order[::-1] if labels[i] == 1]
-    normal = [int(i) for i in order if labels[i] == 0]
-    border = [int(i) for i in np.argsort(np.abs(scores - threshold))]
-    queues = [
-        ("best-defect", defective),
-        ("best-normal", normal),
-        ("missed-defect", defective[::-1]),
-        ("false-alarm", normal[::-1]),
-        ("borderline", border),
-    ]
-    picked: list[tuple[str, int]] = []
-    seen: set[int] = set()
-    while len(picked) < min(how_many, len(labels)):
-        progressed = False
-        for kind, q in queues:
-            while q and q[0] in seen:
-                q.pop(0)
-            if q and len(picked) < how_many:
-                idx = q.pop(0)
-                picked.append((kind, idx))
-                seen.add(idx)
-                progressed = True
-        if not progressed:
-            break
-    return picked
-
-
-def _case_title(kind: str, score: float, threshold: float) -> str:
-    """The weakest defect is only "missed" below the threshold, the strongest normal only a "false alarm"
-    at or above it; on a well-separated test set they are neither, and the title must not say so."""
-    if kind == "missed-defect" and score >= threshold:
-        return "weakest-defect (caught)"
-    if kind == "false-alarm" and score < threshold:
-        return "highest-normal (passed)"
-    return kind
-
-
-def write_heatmaps(
-    out_dir: Path,
-    ids: list[str],
-    labels: np.ndarray,
-    scores: np.ndarray,
-    maps: np.ndarray,
-    masks: np.ndarray,
-    records: dict,
-    size: tuple[int, int],
-    threshold: float,
-    how_many: int,
-    value_range: tuple[float, float] | None = None,
-) -> Path | None:
-    """One PNG with an overlay per chosen case (ground truth outlined), titled with kind and score."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    if how_many <= 0:
-        return None
-    cases = pick_cases(labels, scores, threshold, how_many)
-    try:  # the 10 px bitmap default is unreadable on a README picture; `size` needs Pillow >= 10.1
-        font = ImageFont.load_default(size=15)
-    except TypeError:
-        font = ImageFont.load_default()
-    lo, hi = value_range if value_range is not None else np.percentile(maps, [1.0, 99.9])
-    panels = []
-    for kind, k in cases:
-        img = load_image(records[ids[k]].image_path, size)
-        over = overlay(img, maps[k], float(lo), float(hi), masks[k])
-        pil = Image.fromarray(side_by_side(img, over))
-        draw = ImageDraw.Draw(pil)
-        draw.rectangle([0, 0, pil.width, 38], fill=(0, 0, 0))
-        draw.text(
-            (4, 2), f"{_case_title(kind, scores[k], threshold)}: {ids[k]}", fill=(255, 255, 255), font=font
-        )
-        draw.text((4, 20), f"score {scores[k]:.4g} (thr {threshold:.4g})", fill=(255, 255, 255), font=font)
-        panels.append(np.asarray(pil))
-    grid = side_by_side(*panels, gap=8)
-    path = out_dir / "heatmaps.png"
-    save_png(path, grid)
-    return path

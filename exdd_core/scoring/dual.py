@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
-from exdd_core.knn import Bank
-
-Mode = Literal["paper", "same_patch", "max_ratio"]
-MODES: tuple[str, ...] = ("paper", "same_patch", "max_ratio")
+from exdd_core.banks.knn import Bank
+from exdd_core.runtime.choices import SCORE_MODES as MODES
 
 
 def reweight(s: torch.Tensor, nbr_dists: torch.Tensor, dim: int, *, positive: bool) -> torch.Tensor:

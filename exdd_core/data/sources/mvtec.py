@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exdd_core.errors import InputError, ParamError
-from exdd_core.records import ImageRecord
+from exdd_core.data.records import ImageRecord
+from exdd_core.runtime.choices import IMAGE_SUFFIXES
+from exdd_core.runtime.errors import InputError, ParamError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "test")
 GOOD = "good"
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
-from exdd_core.errors import ParamError
+from exdd_core.runtime import choices as c
+from exdd_core.runtime.choices import NAMED_WEIGHTS, WEIGHT_SUFFIXES
+from exdd_core.runtime.errors import ParamError
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,9 @@ def size_hw() -> Rule:
 
 
 def weights_rule() -> Rule:
-    suffixes = (".safetensors", ".pth", ".pt", ".bin")
     return Rule(
-        lambda v: isinstance(v, str) and (v in ("random", "imagenet") or v.endswith(suffixes)),
-        f"'random', 'imagenet' or a path ending in one of {suffixes}",
+        lambda v: isinstance(v, str) and (v in NAMED_WEIGHTS or v.endswith(WEIGHT_SUFFIXES)),
+        f"one of {NAMED_WEIGHTS} or a path ending in one of {WEIGHT_SUFFIXES}",
     )
 
 
@@ -107,12 +108,12 @@ def prompts_rule() -> Rule:
     )
 
 
-DEVICE = choice("auto", "cpu", "cuda")
+DEVICE = choice(*c.DEVICES)
 
 SCHEMA: dict[str, Any] = {
     "seed": integer(0),
     "data": {
-        "source": choice("demo", "ksdd2", "mvtec"),
+        "source": choice(*c.DATA_SOURCES),
         "root": text(),
         "zip": text(),
         "image_size": size_hw(),
@@ -124,7 +125,7 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "synth": {
-        "backend": choice("procedural", "sdxl", "none"),
+        "backend": choice(*c.SYNTH_BACKENDS),
         "count": integer(0),
         "jitter": boolean(),
         "diff_threshold": number(0.0, 1.0, lo_open=True),
@@ -151,23 +152,23 @@ SCHEMA: dict[str, Any] = {
     },
     "features": {
         "patch_size": Rule(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
-        "aggregation": choice("padded_bilinear", "authors_code"),
+        "aggregation": choice(*c.AGGREGATIONS),
         "store_dim": optional(integer(1)),
-        "dtype": choice("float16", "float32"),
+        "dtype": choice(*c.STORE_DTYPES),
     },
     "bank": {
         "normal_ratio": number(0.0, 1.0, lo_open=True),
         "defect_ratio": number(0.0, 1.0, lo_open=True),
         "min_size": integer(1),
         "projection_dim": integer(1),
-        "coreset_method": choice("auto", "plain", "pruned"),
+        "coreset_method": choice(*c.CORESET_METHODS),
         "mask_threshold": number(0.0, 1.0, lo_open=True),
-        "defect_patches": choice("mask", "bbox_crop"),
+        "defect_patches": choice(*c.DEFECT_PATCHES),
         "device": DEVICE,
     },
     "scoring": {
         "neighbors": integer(1),
-        "mode": choice("paper", "same_patch", "max_ratio"),
+        "mode": choice(*c.SCORE_MODES),
         "eps": number(0.0, lo_open=True),
         "sigma": number(0.0),
         "map_reweight": boolean(),

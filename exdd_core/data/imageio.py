@@ -3,14 +3,13 @@ bool, and every unreadable file into an `InputError` that names the file."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from exdd_core.errors import InputError, ParamError
+from exdd_core.runtime.atomic import atomic_path
+from exdd_core.runtime.errors import InputError, ParamError
 
 # Errors PIL raises for missing, truncated, corrupt or hostile files; all become InputError.
 _PIL_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
@@ -149,13 +148,5 @@ def save_png(path: Path, array: np.ndarray) -> None:
         raise ValueError(f"save_png expects uint8 or bool, got {arr.dtype} for {path}")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name opened with "xb" (not mkstemp, whose 0600 mode would stick to the final file).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        Image.fromarray(arr).save(f, format="PNG")

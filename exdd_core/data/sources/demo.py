@@ -2,7 +2,7 @@
 
 Images are 632×224 (H×W) brushed-metal strips: brushing streaks along one axis, slow lighting gradients, fine
 grain, per-image brightness/contrast, sometimes a darker band and a slight copper tint. Defective images carry
-1–3 scratches, spots or smudges from `exdd_core.defects`, some of them faint and small, so that a detector is
+1–3 scratches, spots or smudges from `exdd_core.data.defects`, some of them faint and small, so that a detector is
 neither hopeless nor perfect on it. Image k of a group depends only on (seed, group, k): the same seed gives
 the same bytes, and changing one count leaves every other image as it was."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from exdd_core.defects import Defect, combine, random_defect
-from exdd_core.errors import ParamError
-from exdd_core.imageio import save_png
-from exdd_core.records import ImageRecord
+from exdd_core.data.defects import Defect, combine, random_defect
+from exdd_core.data.imageio import save_png
+from exdd_core.data.records import ImageRecord
+from exdd_core.runtime.errors import ParamError
 
 # (split, label) → code mixed into the seed; fixed forever, since changing it changes every image.
 GROUP_CODES = {("train", 0): 0, ("train", 1): 1, ("test", 0): 2, ("test", 1): 3}

@@ -3,13 +3,10 @@ layers resized to the first layer's grid, channels concatenated."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-Aggregation = Literal["padded_bilinear", "authors_code"]
-AGGREGATIONS: tuple[str, ...] = ("padded_bilinear", "authors_code")
+from exdd_core.runtime.choices import AGGREGATIONS, Aggregation
 
 
 def local_average(fmap: torch.Tensor, patch_size: int, *, padded: bool = True) -> torch.Tensor:

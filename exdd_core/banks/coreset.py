@@ -33,11 +33,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-Method = Literal["auto", "plain", "pruned"]
+from exdd_core.runtime.choices import CoresetMethod as Method
 
 # Unit roundoff of float32: every margin below is a small multiple of it times a dimension.
 _U = float(np.finfo(np.float32).eps) / 2

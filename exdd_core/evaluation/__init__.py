@@ -1,0 +1,1 @@
+"""Evaluation: image and pixel metrics, the evaluate report, heatmap overlays."""

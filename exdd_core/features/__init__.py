@@ -1,0 +1,1 @@
+"""Features: the backbone, locally aware patch aggregation, projection, extraction into Zarr stores."""

@@ -1,0 +1,1 @@
+"""Infrastructure every stage shares: errors, logging, params, atomic writes, hashing, devices."""

@@ -1,0 +1,32 @@
+"""Every closed set of choices, written once: the code's own Literal types, and the tuples derived from them
+that params validation, the CLI and the library's checks all use. Leaf module (imports nothing of ours), so
+any stage can read it without depending on the packages that use the choices."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Device = Literal["auto", "cpu", "cuda"]
+DataSource = Literal["demo", "ksdd2", "mvtec"]
+SynthBackend = Literal["procedural", "sdxl", "none"]
+Aggregation = Literal["padded_bilinear", "authors_code"]
+StoreDtype = Literal["float16", "float32"]
+CoresetMethod = Literal["auto", "plain", "pruned"]
+DefectPatches = Literal["mask", "bbox_crop"]
+ScoreMode = Literal["paper", "same_patch", "max_ratio"]
+
+DEVICES: tuple[str, ...] = get_args(Device)
+DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
+SYNTH_BACKENDS: tuple[str, ...] = get_args(SynthBackend)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+STORE_DTYPES: tuple[str, ...] = get_args(StoreDtype)
+CORESET_METHODS: tuple[str, ...] = get_args(CoresetMethod)
+DEFECT_PATCHES: tuple[str, ...] = get_args(DefectPatches)
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+
+# Weights: two named kinds, or a local file with one of these suffixes (safetensors, or torch pickles loaded
+# with weights_only=True).
+NAMED_WEIGHTS: tuple[str, ...] = ("random", "imagenet")
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
+# Image files every reader accepts (prepare's sources, `exdd score` folders).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

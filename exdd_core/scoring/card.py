@@ -1,0 +1,142 @@
+"""The deployment card (`eval/model.json`): everything `exdd score` needs besides the banks, written by
+evaluate, typed here so a misspelt or missing field is an error and not a KeyError deep in scoring.
+
+Format `exdd-model/1`; the JSON layout is unchanged from the free-form dict it replaces, so existing cards
+load as they are. A later format bumps the version and adds a migration in `Card.from_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from exdd_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD
+from exdd_core.features.store import COMPAT_KEYS
+from exdd_core.runtime.atomic import write_text_atomic
+from exdd_core.runtime.errors import InputError, MismatchError
+
+CARD_FORMAT = "exdd-model/1"
+CARD_NAME = "model.json"
+# Feature provenance copied from the test store into the card: what decides the feature space and grid.
+FEATURE_KEYS = (*COMPAT_KEYS, "weights", "channels", "feature_dim")
+SCORING_KEYS = ("mode", "neighbors", "eps", "sigma", "map_reweight", "map_8bit")
+THRESHOLD_RULE = "F1-optimal on the test set; score >= threshold means defective"
+
+
+def preprocessing() -> dict[str, Any]:
+    """How an image becomes backbone input, recorded so a later code change cannot silently alter it."""
+    return {
+        "color": "RGB uint8 (grey replicated, alpha dropped)",
+        "resize": "PIL bilinear to image_size (prepare stage)",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
+@dataclass(kw_only=True)
+class Card:
+    """One evaluate run's deployment card. `thresholds` holds each ExDD mode's and PatchCore's threshold at
+    full precision (None when the test set had one class); `map_range` is the colour range of the heatmaps.
+    Field order is the JSON's order."""
+
+    format: str = CARD_FORMAT
+    thresholds: dict[str, float | None]
+    threshold_rule: str = THRESHOLD_RULE
+    test_images: dict[str, int] | None = None
+    scoring: dict[str, Any]
+    features: dict[str, Any]
+    preprocessing: dict[str, Any] = field(default_factory=preprocessing)
+    backbone: dict[str, Any]
+    banks: dict[str, dict[str, Any]]
+    map_range: list[float]
+    metrics: dict[str, dict[str, Any]]
+    fallback: bool = False
+    comparable_to_paper: bool = False
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.features["image_size"][0]), int(self.features["image_size"][1])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.features["grid"][0]), int(self.features["grid"][1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Card:
+        """Refuse anything that is not a card of this format (a metrics.json passed by mistake, a newer
+        format) or lacks a field, naming `where`."""
+        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise InputError(f"{where}: not an exdd deployment card (format {found!r}, expected {CARD_FORMAT})")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is f.default_factory is MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise InputError(f"{where}: deployment card lacks {missing}; rerun evaluate (dvc repro evaluate)")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def check_preprocessing(self, where: str) -> None:
+        if self.preprocessing != preprocessing():
+            raise MismatchError(
+                f"{where}: the banks' preprocessing {self.preprocessing} differs from this code's "
+                f"{preprocessing()}; rebuild the banks (dvc repro) with this version"
+            )
+
+
+def write_card(path: Path, card: Card) -> None:
+    write_text_atomic(Path(path), json.dumps(card.to_dict(), indent=2) + "\n")
+
+
+def load_card(path: Path) -> Card:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"{path}: deployment card not found. It is written by the evaluate stage (`dvc repro evaluate`) "
+            f"and tracked in git; pass another one with --model"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+    return Card.from_dict(data, str(path))
+
+
+def build_card(
+    metrics: dict[str, Any],
+    thresholds: dict[str, float | None],
+    test_attrs: dict[str, Any],
+    settings: dict[str, Any],
+    seed: int,
+    map_range: tuple[float, float],
+    comparable_to_paper: bool,
+) -> Card:
+    """The card of one evaluate run, from its metrics, thresholds, the test store's provenance and the
+    scoring settings."""
+    return Card(
+        thresholds=dict(thresholds),
+        test_images=metrics.get("test_images"),
+        scoring={k: settings[k] for k in SCORING_KEYS},
+        features={k: test_attrs.get(k) for k in FEATURE_KEYS},
+        backbone={
+            "name": test_attrs.get("backbone"),
+            "weights": test_attrs.get("weights"),
+            "layers": test_attrs.get("layers"),
+            "seed": seed,
+        },
+        banks={
+            k: {"rows": metrics["bank_sizes"][k], "coverage_radius": metrics["coverage_radius"][k]}
+            for k in ("normal", "defect")
+        },
+        map_range=[float(map_range[0]), float(map_range[1])],
+        metrics={
+            "exdd": {k: metrics["exdd"].get(k) for k in ("mode", "image_auroc", "pixel_auroc")},
+            "patchcore": {k: metrics["patchcore"].get(k) for k in ("image_auroc", "pixel_auroc")},
+        },
+        fallback=bool(metrics.get("fallback", False)),
+        comparable_to_paper=comparable_to_paper,
+    )

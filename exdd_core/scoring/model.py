@@ -1,0 +1,110 @@
+"""The one model object: both banks, the scoring settings and the map settings, turning one image's patch
+rows into the ExDD and PatchCore scores and maps. evaluate and `exdd score` both score through it, so the
+chain (k-NN -> reweighting -> image score per mode -> upsampled, smoothed map) exists once
+(docs/design.md, "Scoring").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from exdd_core.features.store import Store
+from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
+from exdd_core.scoring.maps import anomaly_map
+
+# The one wording of the empty-defect-bank fallback, for logs, metrics.json and the CLI.
+FALLBACK_NOTE = (
+    "defect bank empty: every ExDD score falls back to the PatchCore score "
+    "(docs/design.md, 'Empty defect bank')"
+)
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The `scoring` params that change scores and maps (the device is where, not what)."""
+
+    mode: str
+    neighbors: int
+    eps: float
+    sigma: float
+    map_reweight: bool
+    map_8bit: bool
+
+    @classmethod
+    def from_params(cls, scoring: dict[str, Any]) -> ScoringSettings:
+        return cls(
+            mode=str(scoring["mode"]),
+            neighbors=int(scoring["neighbors"]),
+            eps=float(scoring["eps"]),
+            sigma=float(scoring["sigma"]),
+            map_reweight=bool(scoring["map_reweight"]),
+            map_8bit=bool(scoring["map_8bit"]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ScoredImage:
+    """One image's ImageScore plus its maps at image size (H, W), computed on first use."""
+
+    result: ImageScore
+    model: ExddModel
+
+    def exdd_map(self) -> np.ndarray:
+        s = self.model.settings
+        return anomaly_map(self.result.ratio_map, self.model.image_size, s.sigma, quantize_8bit=s.map_8bit)
+
+    def patchcore_map(self) -> np.ndarray:
+        return anomaly_map(self.result.normal_map, self.model.image_size, self.model.settings.sigma)
+
+    def exdd_score(self, mode: str | None = None) -> float:
+        return float(self.result.exdd[mode or self.model.settings.mode])
+
+
+class ExddModel:
+    """Banks M_N and M_P (rows as the stores hold them), scoring settings, image size and patch grid."""
+
+    def __init__(
+        self,
+        normal_rows: np.ndarray,
+        defect_rows: np.ndarray,
+        settings: ScoringSettings,
+        image_size: tuple[int, int],
+        grid: tuple[int, int],
+        device: str = "cpu",
+    ) -> None:
+        self.settings = settings
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.normal = ScoringBank(normal_rows, settings.neighbors, device)
+        self.defect = ScoringBank(defect_rows, settings.neighbors, device) if len(defect_rows) else None
+
+    @classmethod
+    def from_stores(
+        cls, normal: Store, defect: Store, settings: ScoringSettings, device: str = "cpu"
+    ) -> ExddModel:
+        """From the two bank stores (already checked compatible with what will be scored)."""
+        attrs = normal.attrs
+        return cls(
+            normal.read_all(), defect.read_all(), settings, attrs["image_size"], attrs["grid"], device
+        )
+
+    @property
+    def fallback(self) -> bool:
+        """True when the defect bank is empty: ExDD scores are the PatchCore score."""
+        return self.defect is None
+
+    @property
+    def bank_sizes(self) -> dict[str, int]:
+        return {"normal": len(self.normal), "defect": 0 if self.defect is None else len(self.defect)}
+
+    def score(self, rows: np.ndarray) -> ScoredImage:
+        """Score one image's patch rows (h*w, d), in the banks' feature space and row order."""
+        s = self.settings
+        res = score_image(rows, self.grid, self.normal, self.defect, eps=s.eps, map_reweight=s.map_reweight)
+        return ScoredImage(res, self)

@@ -1,0 +1,173 @@
+"""Scoring new images with banks the pipeline built: the glue that turns one image file into the same ExDD /
+PatchCore scores and anomaly map evaluate computed.
+
+Nothing here re-implements the method. An image goes through the library's own steps - `imageio.load_image`
+(as prepare), `extract.make_extractor` + `patches.to_rows` + `projection.project` (as the feature stages), the
+store's precision, then the same `ExddModel` evaluate scores with - so a test image scored here gets
+evaluate's score.
+
+The card (`eval/model.json`, `scoring.card`) says which settings the banks need; every mismatch between
+card, banks, rebuilt backbone and image is refused with a message that names both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exdd_core.data.imageio import image_size_of, load_image
+from exdd_core.features.backbone import PatchFeatureExtractor
+from exdd_core.features.extract import make_extractor
+from exdd_core.features.patches import to_rows
+from exdd_core.features.projection import project, projection_matrix
+from exdd_core.features.store import Store, check_compatible
+from exdd_core.runtime.choices import IMAGE_SUFFIXES, NAMED_WEIGHTS
+from exdd_core.runtime.errors import InputError, MismatchError
+from exdd_core.scoring.card import CARD_NAME, Card, load_card
+from exdd_core.scoring.dual import ImageScore
+from exdd_core.scoring.maps import upsample
+from exdd_core.scoring.model import ExddModel, ScoringSettings
+
+# Keys of the rebuilt extractor's provenance that must equal the banks' (a changed weights file shows here).
+EXTRACTOR_KEYS = ("backbone", "weights_id", "layers", "channels", "patch_size", "aggregation")
+
+
+def find_card(banks: Path, model: Path | None) -> Path:
+    """--model if given, else `<banks>/../eval/model.json` (a project checkout), else `eval/model.json`."""
+    if model is not None:
+        return Path(model)
+    beside = Path(banks).resolve().parent / "eval" / CARD_NAME
+    return beside if beside.is_file() else Path("eval") / CARD_NAME
+
+
+# --------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def expand_inputs(items: list[Path]) -> list[Path]:
+    """Files as given, folders as their image files (sorted, not recursive). KSDD2-style `<id>_GT.*` masks in
+    a folder are skipped: scoring a ground-truth mask as a surface is never what was meant."""
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_GT")
+            )
+            if not found:
+                raise InputError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise InputError(f"{item}: no such file or folder")
+    return out
+
+
+def check_sizes(paths: list[Path], expected: tuple[int, int]) -> None:
+    """Refuse, before any work, images whose size differs from the banks' (they would be scored at another
+    scale than every bank patch was seen at). Lists the offenders with their sizes."""
+    bad = [(p, image_size_of(p)) for p in paths]
+    bad = [(p, hw) for p, hw in bad if tuple(hw) != tuple(expected)]
+    if not bad:
+        return
+    eh, ew = expected
+    shown = "; ".join(f"{p} is {h}x{w}" for p, (h, w) in bad[:5])
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    raise InputError(
+        f"{shown}{more} (H x W), but the banks were built from {eh}x{ew} images: refusing "
+        f"{len(bad)} image(s) that would be scored at another scale. Pass --resize to resize them to "
+        f"{eh}x{ew} as the prepare stage does (bilinear)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# the scorer
+
+
+@dataclass
+class Scorer:
+    """The rebuilt feature extractor in front of the model (banks + scoring settings) and its card."""
+
+    card: Card
+    extractor: PatchFeatureExtractor
+    model: ExddModel
+    projection: torch.Tensor | None
+    dtype: np.dtype
+
+
+def _resolve_weights(weights: str, card_path: Path) -> str:
+    """A relative weights file is relative to the project root; when scoring from elsewhere, look there."""
+    if weights in NAMED_WEIGHTS or Path(weights).is_absolute() or Path(weights).exists():
+        return weights
+    candidate = card_path.resolve().parent.parent / weights
+    return str(candidate) if candidate.exists() else weights
+
+
+def open_scorer(banks: Path, card_path: Path, device: str = "cpu") -> Scorer:
+    """Open both banks, check them against the card, rebuild the backbone and check it against the banks."""
+    card = load_card(card_path)
+    card.check_preprocessing(str(card_path))
+    feats = card.features
+    bn, bp = Store(Path(banks) / "normal.zarr"), Store(Path(banks) / "defect.zarr")
+    check_compatible(feats, bn.attrs, f"deployment card ({card_path}) and normal bank ({bn.path})")
+    check_compatible(feats, bp.attrs, f"deployment card ({card_path}) and defect bank ({bp.path})")
+    bb = card.backbone
+    backbone = {**bb, "weights": _resolve_weights(bb["weights"], card_path)}
+    features = {"patch_size": feats["patch_size"], "aggregation": feats["aggregation"]}
+    extractor = make_extractor(backbone, features, int(bb["seed"]), device)
+    rebuilt = {**extractor.provenance(), "grid": list(extractor.grid_for(card.image_size))}
+    check_compatible(
+        bn.attrs, rebuilt, f"normal bank ({bn.path}) and the backbone rebuilt here", (*EXTRACTOR_KEYS, "grid")
+    )
+    projection = None
+    if feats["projection_seed"] is not None:  # as write_store: stores hold projections iff it has a seed
+        mat = projection_matrix(extractor.dim, feats["stored_dim"], feats["projection_seed"])
+        projection = torch.as_tensor(mat, device=extractor.device)
+    model = ExddModel.from_stores(bn, bp, ScoringSettings.from_params(card.scoring), device)
+    return Scorer(card, extractor, model, projection, np.dtype(feats["dtype"]))
+
+
+def image_rows(scorer: Scorer, image: np.ndarray) -> np.ndarray:
+    """Patch rows of one image exactly as a feature store holds them: the feature stages' extractor and row
+    order, projected when the stores hold projections, rounded to the store's precision (float16 by default)."""
+    patches = scorer.extractor(image)
+    if tuple(patches.shape[-2:]) != scorer.model.grid:
+        raise MismatchError(f"patch grid {tuple(patches.shape[-2:])} != the banks' grid {scorer.model.grid}")
+    rows = to_rows(patches)
+    if scorer.projection is not None:
+        rows = project(rows, scorer.projection)
+    return rows.float().cpu().numpy().astype(scorer.dtype).astype(np.float32)
+
+
+@dataclass
+class Scored:
+    """One scored image: the model's output, the ExDD map at the scored size, the image as loaded."""
+
+    result: ImageScore
+    amap: np.ndarray  # (H, W) at image_size, as evaluate's heatmaps
+    image: np.ndarray  # uint8 (h, w, 3) at the file's own size
+    resized: bool
+
+
+def score_file(scorer: Scorer, path: Path, *, resize: bool = False) -> Scored:
+    """Load, (optionally) resize, extract, score and map one image file."""
+    size = scorer.model.image_size
+    original = load_image(path)
+    resized = original.shape[:2] != size
+    if resized and not resize:
+        check_sizes([Path(path)], size)
+    image = load_image(path, size) if resized else original
+    scored = scorer.model.score(image_rows(scorer, image))
+    return Scored(scored.result, scored.exdd_map(), original, resized)
+
+
+def map_at_image_size(scored: Scored) -> np.ndarray:
+    """The map at the file's own size (bilinear back from the scored size when --resize changed it)."""
+    if not scored.resized:
+        return scored.amap
+    return upsample(scored.amap, scored.image.shape[:2])
