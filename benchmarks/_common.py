@@ -34,7 +34,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(device: str) -> str:
-    from exdd_core.banks.knn import resolve_device
+    from exdd_core.runtime.device import resolve_device
 
     return resolve_device(device)
 

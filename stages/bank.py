@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from exdd_core.banks.build import build_bank
-from exdd_core.banks.knn import resolve_device
+from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import counter, log, run_stage
@@ -18,7 +18,7 @@ def main(which: str) -> str:
         raise ParamError(f"bank stage: expected normal or defect, got {which!r}")
     p = load_params()
     b = p["bank"]
-    device = resolve_device(b["device"])
+    device = resolve_device(b["device"], "bank.device")
     Path("banks").mkdir(exist_ok=True)
     out = Path("banks") / f"{which}.zarr"
     res = build_bank(

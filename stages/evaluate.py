@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from exdd_core.banks.knn import resolve_device
 from exdd_core.evaluation.report import evaluate
 from exdd_core.runtime.atomic import write_text_atomic
+from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import log, run_stage, track
 from exdd_core.scoring.card import build_card, write_card
@@ -14,7 +14,7 @@ from exdd_core.scoring.model import FALLBACK_NOTE
 
 def main() -> str:
     p = load_params()
-    device = resolve_device(p["scoring"]["device"])
+    device = resolve_device(p["scoring"]["device"], "scoring.device")
     res = evaluate(
         Path("banks/normal.zarr"),
         Path("banks/defect.zarr"),

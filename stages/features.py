@@ -6,9 +6,9 @@ Usage: python stages/features.py normal|defect|test
 import sys
 from pathlib import Path
 
-from exdd_core.banks.knn import resolve_device
 from exdd_core.data.records import read_manifest
 from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import log, run_stage, track
@@ -29,7 +29,7 @@ def main(which: str) -> str:
     else:
         raise ParamError(f"features stage: expected normal, defect or test, got {which!r}")
     records = [r for m in manifests for r in read_manifest(m)]
-    device = resolve_device(p["backbone"]["device"])
+    device = resolve_device(p["backbone"]["device"], "backbone.device")
     extractor = make_extractor(p["backbone"], p["features"], p["seed"], device)
     prov = extractor.provenance()
     log.info(

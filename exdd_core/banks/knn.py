@@ -6,13 +6,6 @@ import numpy as np
 import torch
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when a GPU is present, else `cpu`; anything else is passed through."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def as_float32(x: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
     """float32 tensor on `device`. Tensors are moved by torch, never through numpy: a CUDA tensor (the queries
     `score_image` passes, the bank's own rows for its neighbour table) cannot be turned into a numpy array."""

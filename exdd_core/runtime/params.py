@@ -4,7 +4,9 @@ names the key and what is allowed, before any expensive work starts."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import json
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import yaml
 
 from exdd_core.runtime import choices as c
+from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.choices import NAMED_WEIGHTS, WEIGHT_SUFFIXES
 from exdd_core.runtime.errors import ParamError
 
@@ -215,8 +218,70 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
-    """Read and validate params.yaml."""
+class TrackedParams(dict):
+    """A params (sub)tree that records the dotted key of every leaf a stage reads (`reads`, shared by the
+    whole tree). Stages read params only through this, so a test can check each stage's reads against the
+    `params:` it declares in dvc.yaml (an undeclared read is a result DVC would not rerun when it changes).
+
+    Reading a section whole (iterating it, `dict(section)`, `{**section}`) counts as reading every leaf."""
+
+    def __init__(self, tree: dict[str, Any], prefix: str = "", reads: set[str] | None = None) -> None:
+        super().__init__(tree)
+        self._prefix = prefix
+        self.reads: set[str] = set() if reads is None else reads
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if isinstance(value, dict):
+            return TrackedParams(value, self._key(key) + ".", self.reads)
+        self.reads.add(self._key(key))
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def read_all(self) -> None:
+        for k in dict.keys(self):
+            value = self[k]
+            if isinstance(value, TrackedParams):
+                value.read_all()
+
+    def __iter__(self) -> Iterator[str]:
+        self.read_all()
+        return super().__iter__()
+
+    def keys(self):  # type: ignore[override]
+        self.read_all()
+        return super().keys()
+
+    def items(self):  # type: ignore[override]
+        return [(k, self[k]) for k in dict.keys(self)]
+
+    def values(self):  # type: ignore[override]
+        return [self[k] for k in dict.keys(self)]
+
+
+_LOADED: list[TrackedParams] = []
+READS_ENV = "EXDD_PARAMS_READS"  # a folder: each stage writes <stage>.json, the param keys it read
+
+
+def params_read() -> list[str]:
+    """Dotted keys of every params leaf read so far in this process, sorted."""
+    return sorted(set().union(*(t.reads for t in _LOADED)))
+
+
+def record_params_read(stage: str) -> None:
+    """Write the keys this stage read to $EXDD_PARAMS_READS/<stage>.json, when that is set (tests)."""
+    folder = os.environ.get(READS_ENV)
+    if folder:
+        write_text_atomic(Path(folder) / f"{stage}.json", json.dumps(params_read()) + "\n")
+
+
+def load_params(path: Path | str = "params.yaml") -> TrackedParams:
+    """Read and validate params.yaml; what the caller reads of it is recorded (see TrackedParams)."""
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"{path}: params file not found")
@@ -224,4 +289,6 @@ def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ParamError(f"{path}: not valid YAML ({e})") from e
-    return validate(tree)
+    tracked = TrackedParams(validate(tree))
+    _LOADED.append(tracked)
+    return tracked

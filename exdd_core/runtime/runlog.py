@@ -1,7 +1,9 @@
 """Logging, progress bars and the error boundary every stage runs inside.
 
 Stages log what ran, on which device, with which weights; long loops show a rich progress bar; an ExddError
-ends the stage with its message and exit code 1 instead of a traceback.
+ends the stage with its message and exit code 1 instead of a traceback. Every stage start removes the
+partial outputs of dead writers anywhere in the workspace (runtime.atomic), and every stage end records the
+params it read when $EXDD_PARAMS_READS is set (runtime.params, checked against dvc.yaml by the tests).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -25,7 +28,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from exdd_core.runtime.atomic import clean_dead_partials
 from exdd_core.runtime.errors import ExddError
+from exdd_core.runtime.params import record_params_read
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -81,8 +86,11 @@ def run_stage(name: str, fn: Callable[[], str]) -> None:
     """Run a stage body; log its one-line summary and duration; turn ExddError into a clean exit 1."""
     setup_logging()
     t0 = time.perf_counter()
+    for leftover in clean_dead_partials(Path(".")):
+        log.info("removed %s, left by an interrupted writer", leftover)
     try:
         summary = fn()
+        record_params_read(name)
     except ExddError as e:
         log.error("%s failed: %s", name, e)
         sys.exit(1)

@@ -72,7 +72,9 @@ class Card:
         format) or lacks a field, naming `where`."""
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise InputError(f"{where}: not an exdd deployment card (format {found!r}, expected {CARD_FORMAT})")
+            raise InputError(
+                f"{where}: not an exdd deployment card (format {found!r}, expected {CARD_FORMAT})"
+            )
         names = {f.name for f in fields(cls)}
         required = {f.name for f in fields(cls) if f.default is f.default_factory is MISSING}
         missing = sorted(required - set(data))

@@ -90,9 +90,7 @@ class ExddModel:
     ) -> ExddModel:
         """From the two bank stores (already checked compatible with what will be scored)."""
         attrs = normal.attrs
-        return cls(
-            normal.read_all(), defect.read_all(), settings, attrs["image_size"], attrs["grid"], device
-        )
+        return cls(normal.read_all(), defect.read_all(), settings, attrs["image_size"], attrs["grid"], device)
 
     @property
     def fallback(self) -> bool:

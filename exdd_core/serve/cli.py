@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exdd_core.runtime.atomic import write_csv_atomic
-from exdd_core.runtime.choices import SCORE_MODES
+from exdd_core.runtime.choices import DEVICES, SCORE_MODES
 from exdd_core.runtime.errors import ExddError, InputError
 from exdd_core.runtime.runlog import log, run_stage, setup_logging, track
 
@@ -58,9 +58,9 @@ def _threshold(args: argparse.Namespace, card: Card, mode: str) -> float | None:
 
 def cmd_score(args: argparse.Namespace) -> str:
     """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
-    from exdd_core.banks.knn import resolve_device
     from exdd_core.data.imageio import save_png
     from exdd_core.evaluation.overlay import overlay
+    from exdd_core.runtime.device import resolve_device
     from exdd_core.scoring.card import load_card
     from exdd_core.scoring.model import FALLBACK_NOTE
     from exdd_core.serve.inference import (
@@ -78,7 +78,7 @@ def cmd_score(args: argparse.Namespace) -> str:
     size = card.image_size
     if not args.resize:
         check_sizes(paths, size)  # type: ignore[arg-type]
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     scorer = open_scorer(args.banks, card_path, device)
     mode = args.mode or card.scoring["mode"]
     thr = _threshold(args, card, mode)
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resize images of another size to the banks' size (bilinear, as prepare) instead of refusing",
     )
-    sc.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    sc.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
     sc.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
     sc.set_defaults(func=cmd_score)
 

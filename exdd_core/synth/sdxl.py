@@ -72,7 +72,7 @@ class SdxlSettings:
 
     @classmethod
     def from_params(cls, synth: dict[str, Any]) -> SdxlSettings:
-        from exdd_core.banks.knn import resolve_device
+        from exdd_core.runtime.device import resolve_device
 
         resolution = int(synth["resolution"])
         if resolution % 8:
@@ -86,7 +86,7 @@ class SdxlSettings:
             strength=float(synth["strength"]),
             padding_mask_crop=synth.get("padding_mask_crop"),
             resolution=resolution,
-            device=resolve_device(synth.get("device", "auto")),
+            device=resolve_device(synth.get("device", "auto"), "synth.device"),
             batch_size=int(synth.get("batch_size", 1)),
         )
 
