@@ -37,14 +37,9 @@ from _common import (
     sync,
 )
 
-from exdd_core.banks.coreset import (
-    CoresetResult,
-    coreset_size,
-    coverage_radius,
-    greedy_plain,
-    greedy_plain_torch,
-    greedy_pruned,
-)
+from exdd_core.banks.coreset import coreset_size
+from exdd_core.banks.greedy import CoresetResult, coverage_radius, greedy_plain, greedy_plain_torch
+from exdd_core.banks.pruned import greedy_pruned
 from exdd_core.features.projection import projection_matrix
 
 

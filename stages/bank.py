@@ -10,7 +10,7 @@ from exdd_core.banks.build import build_bank
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
-from exdd_core.runtime.runlog import counter, log, run_stage
+from exdd_core.runtime.runlog import FALLBACK_NOTE, counter, log, run_stage
 
 
 def main(which: str) -> str:
@@ -33,7 +33,7 @@ def main(which: str) -> str:
         counter=counter,
     )
     if res["rows"] == 0:
-        log.warning("%s bank is empty", which)
+        log.warning(FALLBACK_NOTE if which == "defect" else "normal bank is empty")
     return (
         f"{out}: {res['rows']} of {res['source_rows']} rows, coverage radius {res['coverage_radius']}, "
         f"device={device}"

@@ -11,7 +11,7 @@ from exdd_core.features.extract import make_extractor, write_store
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
-from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.runtime.runlog import FALLBACK_NOTE, log, run_stage, track
 
 PREPARED = Path("data/prepared")
 SYNTHETIC = Path("data/synthetic")
@@ -58,9 +58,7 @@ def main(which: str) -> str:
         progress=track,
     )
     if which == "defect" and summary["rows"] == 0:
-        log.warning(
-            "no defect patches selected: the defect bank will be empty and ExDD falls back to PatchCore"
-        )
+        log.warning("no defect patches selected. %s", FALLBACK_NOTE)
     return f"{out}: {summary['images']} images, {summary['rows']} rows, device={device}, weights={prov['weights_id']}"
 
 

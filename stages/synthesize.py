@@ -44,6 +44,8 @@ def main() -> str:
         prompts=s["prompts"],
         jitter=s["jitter"],
         diff_threshold=s["diff_threshold"],
+        dilate=s["dilate"],
+        min_area=s["min_area"],
         image_size=tuple(p["data"]["image_size"]),
         cache=cache,
         batch_size=s["batch_size"],

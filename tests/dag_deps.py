@@ -86,9 +86,7 @@ def undeclared_params(dvc: dict, reads: dict[str, list[str]], exempt: set[str]) 
             else:  # {params_file: [keys]}
                 declared.extend(k for keys_ in entry.values() for k in keys_)
         bad = [
-            k
-            for k in keys
-            if k not in exempt and not any(k == d or k.startswith(d + ".") for d in declared)
+            k for k in keys if k not in exempt and not any(k == d or k.startswith(d + ".") for d in declared)
         ]
         if bad:
             missing[name] = bad

@@ -5,7 +5,8 @@ rounding of the bounds), and a coreset as large as the number of distinct rows."
 import numpy as np
 import pytest
 
-from exdd_core.banks.coreset import _FullPass, _Screen, _sq_dists, greedy_plain, greedy_pruned, row_distances
+from exdd_core.banks.greedy import greedy_plain, row_distances
+from exdd_core.banks.pruned import _FullPass, _Screen, _sq_dists, greedy_pruned
 
 
 def same_picks(x: np.ndarray, k: int, start: int) -> None:

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values and slow, obviously-correct references (SPEC item 10)."""
+"""Metrics against hand-computed values and slow, obviously-correct references (design.md, "Evaluation")."""
 
 from __future__ import annotations
 

@@ -3,14 +3,16 @@
 import numpy as np
 import pytest
 
-from exdd_core.banks.coreset import (
-    coreset_size,
-    coverage_radius,
-    greedy_coreset,
-    greedy_plain,
-    greedy_pruned,
-)
+from exdd_core.banks.coreset import coreset_size, greedy_coreset
+from exdd_core.banks.greedy import greedy_plain
+from exdd_core.banks.pruned import greedy_pruned
 from exdd_core.features.projection import project, projection_matrix
+
+
+def coverage_radius(x: np.ndarray, selected: np.ndarray) -> float:
+    """Reference: max over rows of the float64 distance to the nearest selected row."""
+    x64 = x.astype(np.float64)
+    return float(np.linalg.norm(x64[:, None, :] - x64[selected][None], axis=2).min(1).max())
 
 
 def test_projection_unit_columns_seeded_and_pinned():

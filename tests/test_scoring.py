@@ -34,7 +34,7 @@ def weight(x_patch, s, bank, m, b, positive):
 
 
 def reference(x, bn, bp, b, map_reweight=True):
-    """The SPEC's item 8-9, one patch at a time."""
+    """design.md, "The method" 8-9, one patch at a time."""
     dn, inn = nn(x, bn)
     dp, ip = nn(x, bp)
     js = int(np.argmax(dn))

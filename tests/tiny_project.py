@@ -12,8 +12,19 @@ from pathlib import Path
 
 import yaml
 
+from exdd_core.runtime.params import READS_ENV
+
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["dvc.yaml", "params.yaml", "stages", "exdd_core", ".dvc/config", ".dvcignore", ".gitignore"]
+COPY = [
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "exdd_core",
+    "data/raw",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 ALL_STAGES = {
     "prepare",
     "synthesize",
@@ -49,6 +60,11 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def reads_dir(root: Path) -> Path:
+    """Where the stages of the project at `root` record the params they read: outside the project."""
+    return root.parent / f"{root.name}-params-read"
+
+
 def build_tiny_project(root: Path, overrides: dict[str, dict] | None = None) -> tuple[dict[str, str], str]:
     """Copy the project into `root` with tiny params (plus `overrides`: section -> keys), commit, `dvc repro`,
     commit again. Returns the environment to run its commands with, and the output of the first repro."""
@@ -69,6 +85,7 @@ def build_tiny_project(root: Path, overrides: dict[str, dict] | None = None) -> 
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "EXDD_NO_PROGRESS": "1",
         "OMP_NUM_THREADS": "1",
+        READS_ENV: str(reads_dir(root)),  # each stage records the params it reads (runtime.params)
     }
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)

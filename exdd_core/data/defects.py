@@ -8,10 +8,11 @@ look untouched, and no touched pixel is left out of the ground truth."""
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 from scipy import ndimage
+from typing_extensions import Unpack
 
 FOOTPRINT_FRACTION = 0.1  # below this fraction of its peak, a defect's change is cut to zero
 MIN_VISIBLE = 1.0  # grey levels; smaller changes could vanish when rounded to uint8
@@ -116,58 +117,57 @@ def scratch(
     return _footprint(delta)
 
 
-def spot(
+class Blob(TypedDict, total=False):
+    """Optional look of a blob-like defect (spot, smudge); what is not given is drawn at random."""
+
+    center: tuple[float, float]
+    radius: float
+    contrast: float
+    bright: bool
+
+
+def _blob_frame(
     rng: np.random.Generator,
     shape: Shape,
-    *,
-    center: tuple[float, float] | None = None,
-    radius: float | None = None,
-    contrast: float | None = None,
-    bright: bool | None = None,
-) -> Defect:
-    """An elliptical spot (pit, stain, speck) with soft edges, random aspect ratio and orientation."""
+    blob: Blob,
+    radius_range: tuple[float, float],
+    contrast_range: tuple[float, float],
+    min_aspect: float,
+    radius_scale: float = 1.0,
+) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+    """Radius, contrast, aspect and the blob's rotated coordinates (u, v) over the image, (H, W) each.
+    Draws, in this order: centre, radius, contrast, aspect, orientation (only what `blob` does not give)."""
     h, w = shape
-    cy, cx = center if center is not None else _random_point(rng, shape)
-    radius = float(radius if radius is not None else rng.uniform(2.5, 20))
-    contrast = float(contrast if contrast is not None else rng.uniform(15, 90))
-    aspect = float(rng.uniform(0.4, 1.0))
+    cy, cx = blob["center"] if "center" in blob else _random_point(rng, shape)
+    radius = float(blob["radius"] if "radius" in blob else rng.uniform(*radius_range) * radius_scale)
+    contrast = float(blob["contrast"] if "contrast" in blob else rng.uniform(*contrast_range))
+    aspect = float(rng.uniform(min_aspect, 1.0))
     theta = float(rng.uniform(0, np.pi))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
     v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    return radius, contrast, aspect, u, v
+
+
+def spot(rng: np.random.Generator, shape: Shape, **blob: Unpack[Blob]) -> Defect:
+    """An elliptical spot (pit, stain, speck) with soft edges, random aspect ratio and orientation."""
+    radius, contrast, aspect, u, v = _blob_frame(rng, shape, blob, (2.5, 20), (15, 90), 0.4)
     r = np.hypot(u / radius, v / (radius * aspect))
     edge = float(rng.uniform(0.15, 0.5))  # softness: fraction of the radius over which it fades
     profile = np.clip((1.0 + edge / 2 - r) / edge, 0.0, 1.0)
     profile = profile * profile * (3 - 2 * profile)  # smoothstep
-    return _footprint(_sign(rng, bright) * contrast * profile)
+    return _footprint(_sign(rng, blob.get("bright")) * contrast * profile)
 
 
-def smudge(
-    rng: np.random.Generator,
-    shape: Shape,
-    *,
-    center: tuple[float, float] | None = None,
-    radius: float | None = None,
-    contrast: float | None = None,
-    bright: bool | None = None,
-    size_scale: float = 1.0,
-) -> Defect:
+def smudge(rng: np.random.Generator, shape: Shape, size_scale: float = 1.0, **blob: Unpack[Blob]) -> Defect:
     """A larger, low-contrast, irregular blob (stain, oxidation, grease) built from smoothed noise;
     `size_scale` multiplies the random radius (for images smaller or larger than 632×224)."""
-    h, w = shape
-    cy, cx = center if center is not None else _random_point(rng, shape)
-    radius = float(radius if radius is not None else rng.uniform(12, 45) * size_scale)
-    contrast = float(contrast if contrast is not None else rng.uniform(8, 30))
-    aspect = float(rng.uniform(0.5, 1.0))
-    theta = float(rng.uniform(0, np.pi))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
-    v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    radius, contrast, aspect, u, v = _blob_frame(rng, shape, blob, (12, 45), (8, 30), 0.5, size_scale)
     envelope = np.exp(-0.5 * (np.hypot(u / radius, v / (radius * aspect)) * 1.6) ** 4)
     texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), sigma=max(radius / 4, 1.5))
     texture = texture / (np.abs(texture).max() or 1.0)
     profile = envelope * np.clip(0.6 + 0.8 * texture, 0.0, 1.0)
-    return _footprint(_sign(rng, bright) * contrast * profile)
+    return _footprint(_sign(rng, blob.get("bright")) * contrast * profile)
 
 
 PRIMITIVES = {"scratch": scratch, "spot": spot, "smudge": smudge}

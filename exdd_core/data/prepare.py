@@ -21,6 +21,9 @@ from exdd_core.runtime.atomic import atomic_dir
 from exdd_core.runtime.errors import InputError
 
 GROUPS = ("train_normal", "train_defective", "test")
+# Where a KSDD2 archive found in data.root is extracted: scratch (gitignored), outside data.root, so the
+# raw-data dependency of prepare (dvc.yaml: ${data.root}) is the archive itself, not its extraction.
+KSDD2_EXTRACTED = Path("data/downloads/KolektorSDD2")
 
 
 def group_of(r: ImageRecord) -> str:
@@ -47,9 +50,9 @@ def read_source(data: dict, seed: int, scratch: Path) -> list[ImageRecord]:
             test_defective=d["test_defective"],
         )
     if source == "ksdd2":
-        from exdd_core.data.sources.ksdd2 import ensure_ksdd2, read_ksdd2
+        from exdd_core.data.sources.ksdd2 import ksdd2_folder, read_ksdd2
 
-        root = ensure_ksdd2(Path(data["root"]), Path(data["zip"]))
+        root = ksdd2_folder(Path(data["root"]), KSDD2_EXTRACTED)
         return read_ksdd2(root, "train") + read_ksdd2(root, "test")
     if source == "mvtec":
         from exdd_core.data.sources.mvtec import read_mvtec
@@ -69,7 +72,7 @@ def write_prepared(
 
     Train normal and test must be non-empty. Train defective may be empty (MVTec AD has no defective training
     images): the defect bank then holds only synthetic defects, and without real masks to paint into there are
-    none, so ExDD falls back to PatchCore (SPEC row H) and says so."""
+    none, so ExDD falls back to PatchCore (design.md, "Empty defect bank") and says so."""
     counts: dict[str, int] = {}
     for group in GROUPS:
         recs = [r for r in records if group_of(r) == group]

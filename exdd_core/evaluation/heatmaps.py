@@ -10,6 +10,10 @@ import numpy as np
 from exdd_core.data.imageio import load_image, save_png
 from exdd_core.evaluation.overlay import overlay, side_by_side
 
+# Colour range of every overlay, as percentiles of all test maps of a run: one shared scale (a cool image is a
+# normal one), robust to a few extreme pixels. Display only: no metric depends on it.
+HEATMAP_RANGE_PERCENTILES = (1.0, 99.9)
+
 
 def pick_cases(
     labels: np.ndarray, scores: np.ndarray, threshold: float, how_many: int
@@ -76,7 +80,7 @@ def write_heatmaps(
         font = ImageFont.load_default(size=15)
     except TypeError:
         font = ImageFont.load_default()
-    lo, hi = value_range if value_range is not None else np.percentile(maps, [1.0, 99.9])
+    lo, hi = value_range if value_range is not None else np.percentile(maps, HEATMAP_RANGE_PERCENTILES)
     panels = []
     for kind, k in cases:
         img = load_image(records[ids[k]].image_path, size)

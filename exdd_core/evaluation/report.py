@@ -12,7 +12,7 @@ import numpy as np
 
 from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import read_manifest
-from exdd_core.evaluation.heatmaps import write_heatmaps
+from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
 from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
 from exdd_core.evaluation.pixel_metrics import PixelReport, pixel_report
 from exdd_core.features.store import Store, check_compatible
@@ -35,7 +35,7 @@ class EvalResult:
 
 
 def load_banks(normal: Path, defect: Path, test: Path) -> tuple[Store, Store, Store]:
-    """Open the three stores and refuse any pair built with different feature settings (SPEC item 4, issue 6)."""
+    """Open the three stores and refuse any pair built with different feature settings (design.md, "The DAG")."""
     bn, bp, ts = Store(normal), Store(defect), Store(test)
     check_compatible(ts.attrs, bn.attrs, f"test features ({test}) and normal bank ({normal})")
     check_compatible(ts.attrs, bp.attrs, f"test features ({test}) and defect bank ({defect})")
@@ -106,7 +106,7 @@ def evaluate(
     _write_pixel_curves(out_dir / "plots", {"exdd": px_exdd, "patchcore": px_pc})
     thresholds = f1_thresholds(labels, scores)
     thr = thresholds[default]
-    lo, hi = (float(v) for v in np.percentile(maps_exdd, [1.0, 99.9]))
+    lo, hi = (float(v) for v in np.percentile(maps_exdd, HEATMAP_RANGE_PERCENTILES))
     write_heatmaps(
         out_dir,
         ids,

@@ -3,7 +3,7 @@
 Three kinds of store, one writer:
 * `all`: every patch of every image (normal training images, test images);
 * `defect`: only the patches on a defect - positions whose grid cell is covered >= `mask_threshold` by the
-  image's mask (ground truth for real defects, diff mask for synthetic ones) - SPEC row D;
+  image's mask (ground truth for real defects, diff mask for synthetic ones) - design.md, row D;
 * `bbox_crop`: the authors' code: every patch of a bounding-box crop around one defect region, resized to
   128 x 128 (rows D and J; their known bug keeps one region per image: we keep the largest).
 """
@@ -27,6 +27,8 @@ from exdd_core.features.store import StoreWriter
 from exdd_core.runtime.errors import InputError
 from exdd_core.runtime.hashing import file_digest
 
+# bank.defect_patches: bbox_crop reproduces the authors' code, which resizes every defect crop to 128 x 128
+# (docs/design.md, row J): fixed by what it reproduces, not tunable.
 BBOX_CROP_SIZE = (128, 128)
 
 

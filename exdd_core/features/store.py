@@ -44,6 +44,24 @@ COMPAT_KEYS = (
 )
 
 
+# What `exdd info` shows of a store or bank: its kind, the provenance every store shares, and the rest.
+INFO_KEYS = (
+    "kind",
+    *COMPAT_KEYS,
+    "weights",
+    "feature_dim",
+    "selection",
+    "mask_threshold",
+    "source_images",
+    "source_rows",
+    "coreset_ratio",
+    "coreset_min_size",
+    "coverage_radius",
+    "coverage_space",
+    "device",
+)
+
+
 def chunk_rows_for(dim: int, itemsize: int) -> int:
     """Rows per chunk: the power of two nearest above TARGET_CHUNK_BYTES / row bytes (>= 1 MB by design)."""
     rows = max(1, math.ceil(TARGET_CHUNK_BYTES / (dim * itemsize)))

@@ -118,7 +118,6 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "source": choice(*c.DATA_SOURCES),
         "root": text(),
-        "zip": text(),
         "image_size": size_hw(),
         "demo": {
             "train_normal": integer(1),
@@ -132,6 +131,8 @@ SCHEMA: dict[str, Any] = {
         "count": integer(0),
         "jitter": boolean(),
         "diff_threshold": number(0.0, 1.0, lo_open=True),
+        "dilate": integer(0, 64),
+        "min_area": integer(0),
         "prompts": prompts_rule(),
         "negative_prompt": Rule(lambda v: isinstance(v, str), "a string"),
         "model": text(),

@@ -33,6 +33,12 @@ from exdd_core.runtime.errors import ExddError
 from exdd_core.runtime.params import record_params_read
 
 T = TypeVar("T")
+# The one wording of the empty-defect-bank fallback (design.md, "Empty defect bank"), for every stage that
+# sees it coming (features_defect, bank_defect), evaluate's log and metrics.json, and `exdd score`.
+FALLBACK_NOTE = (
+    "defect bank empty: every ExDD score falls back to the PatchCore score "
+    "(docs/design.md, 'Empty defect bank')"
+)
 console = Console(stderr=True)
 log = logging.getLogger("exdd")
 

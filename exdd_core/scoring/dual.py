@@ -2,7 +2,7 @@
 
 Notation as the paper: d_N / d_P are each test patch's nearest-neighbour distances to the normal bank M_N and
 the defect bank M_P; m_test,* is the patch with the largest d_N (its neighbour m*), and the reweighting uses the
-b nearest neighbours of a bank entry inside its own bank, *besides* the entry itself (SPEC table, row E),
+b nearest neighbours of a bank entry inside its own bank, *besides* the entry itself (design.md, row E),
 with the exponent sign of PatchCore and the authors' code:
 
     w_N = 1 - exp(s_N*/sqrt(d)) / sum_{m in N_b(m*)} exp(|m_test,* - m| / sqrt(d))
@@ -68,7 +68,7 @@ class ImageScore:
     patchcore_reweighted: float  # w_N * s_N* (PatchCore's full image score)
     ratio_map: np.ndarray  # (h, w) per-position ExDD ratio (eq. 23), before upsampling
     normal_map: np.ndarray  # (h, w) d_N per position: the PatchCore anomaly map
-    fallback: bool = False  # True when the defect bank was empty (SPEC row H)
+    fallback: bool = False  # True when the defect bank was empty (design.md, "Empty defect bank")
     details: dict[str, float] = field(default_factory=dict)
 
 
@@ -84,7 +84,7 @@ def score_image(
     """Score one image's patch rows (h*w, d) against the two banks, in all three image-score modes.
 
     With an empty or missing defect bank every ExDD score falls back to the PatchCore score s_N* and the map
-    to d_N (SPEC row H); `fallback` says so, and the caller must report it.
+    to d_N (design.md, "Empty defect bank"); `fallback` says so, and the caller must report it.
     """
     x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=normal.bank.device)
     h, w = grid

@@ -12,14 +12,9 @@ from typing import Any
 import numpy as np
 
 from exdd_core.features.store import Store
+from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
 from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
 from exdd_core.scoring.maps import anomaly_map
-
-# The one wording of the empty-defect-bank fallback, for logs, metrics.json and the CLI.
-FALLBACK_NOTE = (
-    "defect bank empty: every ExDD score falls back to the PatchCore score "
-    "(docs/design.md, 'Empty defect bank')"
-)
 
 
 @dataclass(frozen=True)

@@ -133,31 +133,6 @@ def cmd_score(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------------------------------------
 # info
 
-STORE_KEYS = (
-    "kind",
-    "backbone",
-    "weights",
-    "weights_id",
-    "layers",
-    "patch_size",
-    "aggregation",
-    "image_size",
-    "grid",
-    "feature_dim",
-    "stored_dim",
-    "projection_seed",
-    "dtype",
-    "selection",
-    "mask_threshold",
-    "source_images",
-    "source_rows",
-    "coreset_ratio",
-    "coreset_min_size",
-    "coverage_radius",
-    "coverage_space",
-    "device",
-)
-
 
 def _disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -165,7 +140,7 @@ def _disk_bytes(path: Path) -> int:
 
 def store_info(path: Path) -> dict[str, Any]:
     """What a feature store or bank holds: size, provenance, and for a bank the coverage radius."""
-    from exdd_core.features.store import Store
+    from exdd_core.features.store import INFO_KEYS, Store
 
     st = Store(path)
     info: dict[str, Any] = {"path": str(path), "rows": len(st), "dim": st.dim}
@@ -173,7 +148,7 @@ def store_info(path: Path) -> dict[str, Any]:
     if not is_bank:
         info["images"] = len(st.images)
     info["disk_mb"] = round(_disk_bytes(Path(path)) / 2**20, 2)
-    info.update({k: st.attrs[k] for k in STORE_KEYS if k in st.attrs})
+    info.update({k: st.attrs[k] for k in INFO_KEYS if k in st.attrs})
     return info
 
 

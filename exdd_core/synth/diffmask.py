@@ -1,4 +1,4 @@
-"""Where a synthetic defect really is (SPEC step 7): the inpainting mask is only where the model *may* paint,
+"""Where a synthetic defect really is (design.md, "The method" 7): the inpainting mask is only where the model *may* paint,
 so the defect bank uses the pixels that actually changed — the diff mask — and everything outside the (slightly
 grown) inpainting mask is restored from the original so only the defect region differs."""
 
@@ -23,7 +23,7 @@ def _check_pair(original: np.ndarray, generated: np.ndarray, inpaint_mask: np.nd
 def dilate_mask(mask: np.ndarray, dilate: int) -> np.ndarray:
     """Grow a bool mask by `dilate` px (8-connected steps); 0 leaves it as is."""
     if dilate < 0:
-        raise ParamError(f"synth.diff_dilate must be >= 0, got {dilate}")
+        raise ParamError(f"synth.dilate must be >= 0, got {dilate}")
     mask = np.asarray(mask, dtype=bool)
     if dilate == 0 or not mask.any():
         return mask.copy()
@@ -42,6 +42,8 @@ def diff_mask(
     by `dilate` px, with 8-connected specks smaller than `min_area` px removed (they are noise, not defect)."""
     if not 0.0 <= threshold < 1.0:
         raise ParamError(f"synth.diff_threshold must be in [0, 1), got {threshold}")
+    if min_area < 0:
+        raise ParamError(f"synth.min_area must be >= 0, got {min_area}")
     _check_pair(original, generated, inpaint_mask)
     diff = np.abs(generated.astype(np.int16) - original.astype(np.int16)).max(axis=2)
     changed = (diff > threshold * 255.0) & dilate_mask(inpaint_mask, dilate)

@@ -31,8 +31,9 @@ from exdd_core.synth.cache import SampleCache, sample_key, source_digest
 from exdd_core.synth.diffmask import diff_mask, paste_outside
 from exdd_core.synth.plan import SampleRecipe, apply_jitter, plan_sample
 
+# Attempts per sample whose diff mask comes out empty, before it is dropped (reported). Fixed: a retry only
+# replaces a sample that would carry no defect, so the number changes which samples fail, never a result.
 MAX_ATTEMPTS = 5
-PASTE_DILATE = 3
 FLUSH_EVERY = 64  # cached samples are finished in groups of this many, so memory stays bounded
 
 
@@ -141,6 +142,8 @@ def synthesize(
     jitter: bool,
     diff_threshold: float,
     image_size: tuple[int, int],
+    dilate: int = 3,
+    min_area: int = 4,
     cache: SampleCache | None = None,
     batch_size: int = 1,
     log: Callable[[str], None] = print,
@@ -150,7 +153,9 @@ def synthesize(
     """Write `count` synthetic defect images, their diff masks, a manifest and the recipes to `out`.
 
     Samples whose diff mask is empty (the backend changed nothing visible) are reported through `warn` and
-    replaced by a fresh recipe for the same index, up to MAX_ATTEMPTS, then dropped (also reported). Up to
+    replaced by a fresh recipe for the same index, up to MAX_ATTEMPTS, then dropped (also reported). Pixels
+    outside the mask grown by `dilate` px are pasted back from the original; the diff mask keeps changes
+    inside that region, without specks under `min_area` px. Up to
     `batch_size` samples that are not in `cache` go to the backend in one call."""
     if count and backend is None:
         raise ParamError("synth.count > 0 needs a synth.backend (procedural or sdxl)")
@@ -200,8 +205,8 @@ def synthesize(
             run(jobs)
             retry = []
             for job in jobs:
-                final = paste_outside(job.image, job.generated, job.mask, PASTE_DILATE)
-                dm = diff_mask(job.image, final, job.mask, diff_threshold)
+                final = paste_outside(job.image, job.generated, job.mask, dilate)
+                dm = diff_mask(job.image, final, job.mask, diff_threshold, dilate, min_area)
                 if dm.any():
                     done[job.index] = _write_sample(tmp, job, final, dm)
                     continue

@@ -1,4 +1,4 @@
-"""The paper's synthesis backend (SPEC step 7, paper §3.3): SDXL inpainting with diffusers.
+"""The paper's synthesis backend (design.md, "The method" 7; paper §3.3): SDXL inpainting with diffusers.
 
 It follows the authors' generation script (DIAG's `generate_augmented_images.py`): the normal image and the
 real defect mask are stretched to `synth.resolution`² (1024², "to overcome the SDXL shape bias"), inpainted with

@@ -157,6 +157,22 @@ def _install_from_zip(zip_path: Path, root: Path, md5: str) -> Path:
     return root
 
 
+def ksdd2_folder(raw: Path, extract_to: Path) -> Path:
+    """The KSDD2 folder (holding train/ and test/) for `data.root` = `raw`: `raw` itself, its single
+    subfolder (an extracted archive), or else the official `KolektorSDD2.zip` inside `raw`, checked and
+    extracted to `extract_to` (or downloaded into `raw` first when it is missing)."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise InputError(
+            f"data.root = {raw}: no such folder. Put KolektorSDD2.zip (or its extracted train/ and test/) "
+            f"there, or point data.root at the folder that holds them"
+        )
+    found = _splits_folder(raw)
+    if found is not None:
+        return found
+    return ensure_ksdd2(extract_to, raw / "KolektorSDD2.zip")
+
+
 def ensure_ksdd2(root: Path, zip_path: Path | None = None, *, md5: str = KSDD2_MD5) -> Path:
     """An extracted KolektorSDD2 folder at `root`: already there, from `zip_path`, or downloaded.
 
