@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from exdd_core.banks.health import MOSTLY_BACKGROUND
 from exdd_core.evaluation.report import evaluate
 from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.device import resolve_device
@@ -46,6 +47,9 @@ def main() -> str:
         log.warning(m["note"])
     if m["fallback"]:
         log.warning(FALLBACK_NOTE)
+    health = describe_health(m["defect_bank"])
+    if (m["defect_bank"]["background_share"] or 0.0) > MOSTLY_BACKGROUND:
+        log.warning("defect bank is mostly background: %s", health)
     write_text_atomic(Path("metrics.json"), json.dumps(m, indent=2) + "\n")
     card = build_card(m, res.thresholds, res.test_attrs, p["scoring"], p["seed"], res.map_range, comparable)
     write_card(Path("eval/model.json"), card)
@@ -54,8 +58,20 @@ def main() -> str:
         f"{len(res.ids)} test images on {device}, {p['backbone']['name']} weights "
         f"{res.test_attrs.get('weights_id', weights)}: "
         f"ExDD ({e['mode']}) I-AUROC {e['image_auroc']} P-AUROC {e['pixel_auroc']} AUPRO {e['aupro']} | "
-        f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} "
+        f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} | defect bank {health} "
         f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json (threshold {e['threshold']})"
+    )
+
+
+def describe_health(h: dict) -> str:
+    """One phrase for the log: rows, and the background shares (all rows, synthetic rows)."""
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f} %"
+
+    return (
+        f"{h['defect_rows']} rows ({h['synthetic_rows']} synthetic), {pct(h['background_share'])} closer to "
+        f"M_N than its own NN scale {h['normal_nn_scale']} (synthetic rows: {pct(h['synthetic_background_share'])})"
     )
 
 

@@ -54,7 +54,7 @@ def main(which: str) -> str:
         manifests=manifests,
         kind=which,
         selection=selection,
-        mask_threshold=p["bank"]["mask_threshold"],
+        mask_threshold=p["bank"]["mask_threshold"] if which == "defect" else None,
         progress=track,
     )
     if which == "defect" and summary["rows"] == 0:

@@ -49,6 +49,7 @@ def main() -> str:
         image_size=tuple(p["data"]["image_size"]),
         cache=cache,
         batch_size=s["batch_size"],
+        masks=s["masks"],
         log=log.info,
         warn=log.warning,
         progress=track,

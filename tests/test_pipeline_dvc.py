@@ -32,6 +32,7 @@ NO_OUTPUT_EFFECT = {"synth.cache_dir"}  # where generated samples are cached
 def test_every_stage_declares_the_params_it_read(project):
     root, _ = project
     reads = {p.stem: json.loads(p.read_text()) for p in reads_dir(root).glob("*.json")}
+    reads = {k: v for k, v in reads.items() if k in ALL_STAGES}  # (`exdd score` records its reads too)
     assert set(reads) == ALL_STAGES
     assert reads["evaluate"] and "scoring.mode" in reads["evaluate"]
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
@@ -229,3 +230,21 @@ def test_mvtec_without_defects_falls_back_to_patchcore_loudly(tmp_path):
     assert m["fallback"] is True and m["bank_sizes"]["defect"] == 0
     assert m["exdd"]["image_auroc"] == m["patchcore"]["image_auroc"]
     assert FALLBACK_NOTE in " ".join(out.split())
+
+
+def test_mvtec_with_synthesis_paints_into_generated_masks(tmp_path):
+    """MVTec AD has no defect masks to inpaint into: synth.masks auto paints into generated blobs, strokes
+    and cracks, so the default synth.count runs and the defect bank holds synthetic rows."""
+    from tests.test_robustness import _mvtec
+    from tests.tiny_project import build_tiny_project
+
+    _mvtec(tmp_path / "mvtec")
+    root = tmp_path / "project"
+    root.mkdir()
+    _, out = build_tiny_project(root, {"data": {"source": "mvtec", "root": str(tmp_path / "mvtec")}})
+    assert ran_stages(out) == ALL_STAGES
+    m = json.loads((root / "metrics.json").read_text())
+    assert (
+        m["fallback"] is False and m["defect_bank"]["synthetic_rows"] == m["defect_bank"]["defect_rows"] > 0
+    )
+    assert "generated masks" in " ".join(out.split())

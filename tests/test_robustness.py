@@ -292,7 +292,11 @@ def test_mvtec_without_defective_training_images_prepares_an_empty_group(tmp_pat
     prepared = tmp_path / "data" / "prepared"
     assert (prepared / "train_defective" / "manifest.csv").read_text().strip() == "id,split,label,image,mask"
     assert len((prepared / "test" / "manifest.csv").read_text().splitlines()) == 1 + 4
-    # synthesis then has no real masks to paint into: a clear error, not a traceback
+    # synthesis has no real masks to paint into: it paints into generated ones (synth.masks: auto) ...
     p = _stage(tmp_path, "synthesize.py", params)
-    assert p.returncode == 1 and "synth.count: 0" in " ".join(p.stderr.split()), p.stderr
+    assert p.returncode == 0 and "generated masks" in " ".join(p.stderr.split()), p.stderr
+    # ... and when real masks are demanded, it says so clearly, without a traceback
+    params["synth"]["masks"] = "real"
+    p = _stage(tmp_path, "synthesize.py", params)
+    assert p.returncode == 1 and "synth.masks: generated" in " ".join(p.stderr.split()), p.stderr
     assert "Traceback" not in p.stderr

@@ -22,7 +22,7 @@ from exdd_core.runtime.errors import MissingResourceError
 from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.diffmask import dilate_mask
 from exdd_core.synth.plan import SampleRecipe, apply_jitter
-from exdd_core.synth.run import PASTE_DILATE, synthesize
+from exdd_core.synth.run import synthesize
 from exdd_core.synth.sdxl import SdxlBackend, locate_model
 from tests.tiny_sdxl import save_tiny_sdxl_inpaint
 
@@ -31,6 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = (48, 32)  # (H, W): tall and narrow like KSDD2, stretched to the square generation resolution
 RESOLUTION = 64
+
+DILATE = 2  # synth.dilate (not the default 3, so the test sees it is used)
 
 
 def synth_params(model: Path | str, **over) -> dict:
@@ -90,6 +92,7 @@ def run_synth(
         jitter=True,
         diff_threshold=0.08,
         image_size=IMAGE_SIZE,
+        dilate=DILATE,
         cache=SampleCache(cache) if cache else None,
         batch_size=batch_size,
         log=log or (lambda m: None),
@@ -165,9 +168,9 @@ def test_images_and_diff_masks_sizes_and_untouched_outside(first_run, prepared):
         original = load_image(prepared / "train_normal" / f"{recipe.normal_id}.png", IMAGE_SIZE)
         gt = prepared / "train_defective" / f"{recipe.mask_id}_GT.png"
         mask = apply_jitter(load_mask(gt, IMAGE_SIZE), recipe)
-        region = dilate_mask(mask, PASTE_DILATE)
+        region = dilate_mask(mask, DILATE)
         assert np.array_equal(image[~region], original[~region])  # only the defect region changes
-        assert dm.any() and not (dm & ~dilate_mask(mask, 3)).any()
+        assert dm.any() and not (dm & ~dilate_mask(mask, DILATE)).any()
         assert entry["prompt"] == ["copper metal scratches", "white marks on the wall"][entry["index"] % 2]
 
 

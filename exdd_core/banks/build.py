@@ -69,6 +69,11 @@ def build_bank(
     rows = store.take(order)
     attrs["coverage_radius"] = res.radius
     attrs["coverage_space"] = f"projection to {min(projection_dim, store.dim)} dims"
+    # Rows stay in source order, grouped under the source image they came from (the bank's `images`): so a
+    # bank can tell which of its rows are synthetic (banks.health). `position` is the source row index.
+    source = np.searchsorted(store.offsets, order, side="right") - 1
+    cuts = np.flatnonzero(np.diff(source)) + 1
     with StoreWriter(out, store.dim, store.attrs.get("dtype", "float16"), attrs) as w:
-        w.add("bank", rows, order.astype(np.int32))
+        for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True):
+            w.add(store.images[int(source[a])], rows[a:b], order[a:b].astype(np.int32))
     return {"rows": k, "source_rows": n, "coverage_radius": res.radius}

@@ -10,6 +10,8 @@ from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.errors import InputError
 
 MANIFEST_FIELDS = ("id", "split", "label", "image", "mask")
+# Ids of synthesized images start with this (synthesize writes syn_00000, ...): banks tell synthetic rows by it.
+SYNTHETIC_PREFIX = "syn_"
 
 
 @dataclass(frozen=True)

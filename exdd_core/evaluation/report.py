@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from exdd_core.banks.health import defect_bank_health
 from exdd_core.data.imageio import load_mask
-from exdd_core.data.records import read_manifest
+from exdd_core.data.records import SYNTHETIC_PREFIX, read_manifest
 from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
 from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
 from exdd_core.evaluation.pixel_metrics import PixelReport, pixel_report
@@ -62,6 +63,7 @@ def evaluate(
         )
     settings = ScoringSettings.from_params(scoring)
     model = ExddModel.from_stores(bn, bp, settings, device)
+    health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp))
     size = model.image_size
     n = len(ts.images)
     labels = np.empty(n, dtype=np.int64)
@@ -95,6 +97,7 @@ def evaluate(
         "fallback": model.fallback,
         "test_images": {"normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())},
         "bank_sizes": model.bank_sizes,
+        "defect_bank": {k: _round(v) if isinstance(v, float) else v for k, v in health.as_dict().items()},
         "coverage_radius": {
             "normal": bn.attrs.get("coverage_radius"),
             "defect": bp.attrs.get("coverage_radius"),
@@ -121,6 +124,12 @@ def evaluate(
         value_range=(lo, hi),
     )
     return EvalResult(metrics, ids, labels, scores, dict(ts.attrs), (lo, hi), thresholds)
+
+
+def synthetic_rows(bank: Store) -> np.ndarray:
+    """bool (rows,): which rows of a bank come from synthesized images (banks group rows by source image)."""
+    flags = np.array([i.startswith(SYNTHETIC_PREFIX) for i in bank.images], dtype=bool)
+    return np.repeat(flags, np.diff(bank.offsets))
 
 
 def f1_thresholds(labels: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, float | None]:

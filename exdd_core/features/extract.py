@@ -83,7 +83,7 @@ def write_store(
     manifests: list[Path],
     kind: str,
     selection: str = "all",
-    mask_threshold: float = 0.5,
+    mask_threshold: float | None = 0.5,
     progress: Callable = lambda it, desc, total: it,
 ) -> dict[str, int]:
     """Extract features of `records` into the store at `out` (committed atomically). Returns row counts."""

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 Device = Literal["auto", "cpu", "cuda"]
 DataSource = Literal["demo", "ksdd2", "mvtec"]
 SynthBackend = Literal["procedural", "sdxl", "none"]
+SynthMasks = Literal["auto", "real", "generated"]
 Aggregation = Literal["padded_bilinear", "authors_code"]
 StoreDtype = Literal["float16", "float32"]
 CoresetMethod = Literal["auto", "plain", "pruned"]
@@ -18,6 +19,7 @@ ScoreMode = Literal["paper", "same_patch", "max_ratio"]
 DEVICES: tuple[str, ...] = get_args(Device)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 SYNTH_BACKENDS: tuple[str, ...] = get_args(SynthBackend)
+SYNTH_MASKS: tuple[str, ...] = get_args(SynthMasks)
 AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 STORE_DTYPES: tuple[str, ...] = get_args(StoreDtype)
 CORESET_METHODS: tuple[str, ...] = get_args(CoresetMethod)

@@ -3,6 +3,7 @@ names the key and what is allowed, before any expensive work starts."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
@@ -131,6 +132,7 @@ SCHEMA: dict[str, Any] = {
         "count": integer(0),
         "jitter": boolean(),
         "diff_threshold": number(0.0, 1.0, lo_open=True),
+        "masks": choice(*c.SYNTH_MASKS),
         "dilate": integer(0, 64),
         "min_area": integer(0),
         "prompts": prompts_rule(),
@@ -224,21 +226,29 @@ class TrackedParams(dict):
     whole tree). Stages read params only through this, so a test can check each stage's reads against the
     `params:` it declares in dvc.yaml (an undeclared read is a result DVC would not rerun when it changes).
 
-    Reading a section whole (iterating it, `dict(section)`, `{**section}`) counts as reading every leaf."""
+    Sections are TrackedParams themselves, held in place (so writes to a section stay in the tree); reading
+    a section whole (iterating it, `dict(section)`, `{**section}`, dumping it) counts as reading every leaf.
+    """
 
-    def __init__(self, tree: dict[str, Any], prefix: str = "", reads: set[str] | None = None) -> None:
-        super().__init__(tree)
+    def __init__(self, tree: dict[str, Any] | None = None, prefix: str = "", reads: set[str] | None = None):
+        super().__init__()
         self._prefix = prefix
         self.reads: set[str] = set() if reads is None else reads
+        for key, value in (tree or {}).items():
+            dict.__setitem__(self, key, self._wrap(key, value))
 
-    def _key(self, key: str) -> str:
-        return f"{self._prefix}{key}"
+    def _wrap(self, key: str, value: Any) -> Any:
+        if isinstance(value, dict) and not isinstance(value, TrackedParams):
+            return TrackedParams(value, f"{self._prefix}{key}.", self.reads)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        dict.__setitem__(self, key, self._wrap(key, value))
 
     def __getitem__(self, key: str) -> Any:
-        value = super().__getitem__(key)
-        if isinstance(value, dict):
-            return TrackedParams(value, self._key(key) + ".", self.reads)
-        self.reads.add(self._key(key))
+        value = dict.__getitem__(self, key)
+        if not isinstance(value, TrackedParams):
+            self.reads.add(f"{self._prefix}{key}")
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -263,6 +273,18 @@ class TrackedParams(dict):
 
     def values(self):  # type: ignore[override]
         return [self[k] for k in dict.keys(self)]
+
+    def __deepcopy__(self, memo: dict) -> TrackedParams:
+        """A deep copy with its own (empty) record of reads."""
+        return TrackedParams(copy.deepcopy(self.plain(), memo))
+
+    def plain(self) -> dict[str, Any]:
+        """The tree as plain dicts (reads everything)."""
+        return {k: v.plain() if isinstance(v, TrackedParams) else v for k, v in self.items()}
+
+
+# yaml.safe_dump writes a params tree as the mapping it is.
+yaml.SafeDumper.add_representer(TrackedParams, lambda d, data: d.represent_dict(data.plain()))
 
 
 _LOADED: list[TrackedParams] = []

@@ -43,7 +43,7 @@ def plan_sample(
     if not mask_ids:
         raise ParamError(
             "synthesis needs real defect masks (defective training images with ground truth), but none were given;"
-            " set synth.count: 0 to run without synthetic defects"
+            " set synth.masks: generated (or auto) to paint into generated masks, or synth.count: 0"
         )
     if n_prompts < 1:
         raise ParamError(f"synthesis needs at least one prompt, got {n_prompts}")

@@ -24,11 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from exdd_core.data.imageio import load_image, load_mask, save_png
-from exdd_core.data.records import ImageRecord, write_manifest
+from exdd_core.data.records import SYNTHETIC_PREFIX, ImageRecord, write_manifest
 from exdd_core.runtime.atomic import atomic_dir
+from exdd_core.runtime.choices import SYNTH_MASKS
 from exdd_core.runtime.errors import ParamError
 from exdd_core.synth.cache import SampleCache, sample_key, source_digest
 from exdd_core.synth.diffmask import diff_mask, paste_outside
+from exdd_core.synth.masks import GENERATED_IDS, generated_mask, is_generated
 from exdd_core.synth.plan import SampleRecipe, apply_jitter, plan_sample
 
 # Attempts per sample whose diff mask comes out empty, before it is dropped (reported). Fixed: a retry only
@@ -146,6 +148,7 @@ def synthesize(
     min_area: int = 4,
     cache: SampleCache | None = None,
     batch_size: int = 1,
+    masks: str = "auto",
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
     progress: Callable = lambda it, desc, total: it,
@@ -156,7 +159,8 @@ def synthesize(
     replaced by a fresh recipe for the same index, up to MAX_ATTEMPTS, then dropped (also reported). Pixels
     outside the mask grown by `dilate` px are pasted back from the original; the diff mask keeps changes
     inside that region, without specks under `min_area` px. Up to
-    `batch_size` samples that are not in `cache` go to the backend in one call."""
+    `batch_size` samples that are not in `cache` go to the backend in one call. `masks`: where inpainting
+    masks come from: `real` defect masks, `generated` ones (synth.masks), or `auto` (real when there are any)."""
     if count and backend is None:
         raise ParamError("synth.count > 0 needs a synth.backend (procedural or sdxl)")
     if batch_size < 1:
@@ -165,6 +169,12 @@ def synthesize(
     normal_ids = [r.id for r in normal]
     masks_src = [r for r in defective if r.mask_path is not None]
     mask_ids = [r.id for r in masks_src]
+    if masks not in SYNTH_MASKS:
+        raise ParamError(f"synth.masks = {masks!r}; expected one of {SYNTH_MASKS}")
+    if masks == "generated" or (masks == "auto" and not mask_ids):
+        if count and masks == "auto":
+            log(f"no real defect masks: {count} samples get generated masks ({', '.join(GENERATED_IDS)})")
+        mask_ids = list(GENERATED_IDS)
     by_id = {r.id: r for r in normal} | {r.id: r for r in masks_src}
     identity = None
     if cache is not None and count:
@@ -178,7 +188,10 @@ def synthesize(
     def make_job(i: int, attempt: int) -> _Job:
         recipe = plan_sample(attempt_seed(seed, attempt), i, normal_ids, mask_ids, len(prompts), jitter)
         image = load_image(by_id[recipe.normal_id].image_path, image_size)
-        mask = apply_jitter(load_mask(by_id[recipe.mask_id].mask_path, image_size), recipe)
+        if is_generated(recipe.mask_id):
+            mask = generated_mask(recipe.mask_id, image_size, recipe.sample_seed)
+        else:
+            mask = apply_jitter(load_mask(by_id[recipe.mask_id].mask_path, image_size), recipe)
         job = _Job(i, attempt, recipe, prompts[recipe.prompt_index], image, mask)
         if identity is not None:
             job.key, job.key_parts = sample_key(identity, image, mask, job.prompt, recipe.sample_seed)
@@ -250,7 +263,7 @@ def synthesize(
 
 def _write_sample(tmp: Path, job: _Job, final: np.ndarray, dm: np.ndarray) -> tuple[ImageRecord, dict]:
     """Save image and diff mask of a kept sample; return its manifest record and its recipe entry."""
-    sid = f"syn_{job.index:05d}"
+    sid = f"{SYNTHETIC_PREFIX}{job.index:05d}"
     img_path, mask_path = tmp / "images" / f"{sid}.png", tmp / "masks" / f"{sid}.png"
     save_png(img_path, final)
     save_png(mask_path, dm.astype(np.uint8) * 255)
