@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from exdd_core.banks.build import build_bank
+from exdd_core.banks.knn import Bank
+from exdd_core.banks.purify import defect_row_filter
+from exdd_core.features.store import Store
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
@@ -21,8 +24,18 @@ def main(which: str) -> str:
     device = resolve_device(b["device"], "bank.device")
     Path("banks").mkdir(exist_ok=True)
     out = Path("banks") / f"{which}.zarr"
+    features = Path("features") / f"{which}.zarr"
+    keep, note = None, ""
+    if which == "defect":  # M_P is judged against M_N: purification and pseudo-masks (banks.purify)
+        normal = Bank(Store(Path("banks") / "normal.zarr").read_all(), device=device)
+        f = defect_row_filter(Store(features), normal, b["purify"], b["pseudo_top"])
+        keep = f.keep
+        note = (
+            f", {f.masked_dropped} masked rows dropped as background (bank.purify {b['purify']}), "
+            f"{f.pseudo_kept} of {f.pseudo_candidates} rows of unmasked images kept as pseudo-defects"
+        )
     res = build_bank(
-        Path("features") / f"{which}.zarr",
+        features,
         out,
         ratio=b[f"{which}_ratio"],
         min_size=b["min_size"],
@@ -31,12 +44,13 @@ def main(which: str) -> str:
         method=b["coreset_method"],
         device=device,
         counter=counter,
+        keep=keep,
     )
     if res["rows"] == 0:
         log.warning(FALLBACK_NOTE if which == "defect" else "normal bank is empty")
     return (
         f"{out}: {res['rows']} of {res['source_rows']} rows, coverage radius {res['coverage_radius']}, "
-        f"device={device}"
+        f"device={device}{note}"
     )
 
 

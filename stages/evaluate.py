@@ -47,6 +47,8 @@ def main() -> str:
         log.warning(m["note"])
     if m["fallback"]:
         log.warning(FALLBACK_NOTE)
+    if "pixel_note" in m:
+        log.warning(m["pixel_note"])
     health = describe_health(m["defect_bank"])
     if (m["defect_bank"]["background_share"] or 0.0) > MOSTLY_BACKGROUND:
         log.warning("defect bank is mostly background: %s", health)

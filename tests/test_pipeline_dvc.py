@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_repro_outputs(project):
     [
         ("synth.count=3", {"synthesize", "features_defect", "bank_defect", "evaluate"}),
         ("scoring.neighbors=2", {"evaluate"}),
-        ("bank.normal_ratio=0.05", {"bank_normal", "evaluate"}),
+        ("bank.normal_ratio=0.05", {"bank_normal", "bank_defect", "evaluate"}),
     ],
 )
 def test_exp_run_reruns_only_affected_stages(project, change, expected):
@@ -241,10 +242,47 @@ def test_mvtec_with_synthesis_paints_into_generated_masks(tmp_path):
     _mvtec(tmp_path / "mvtec")
     root = tmp_path / "project"
     root.mkdir()
-    _, out = build_tiny_project(root, {"data": {"source": "mvtec", "root": str(tmp_path / "mvtec")}})
+    data = {"source": "mvtec", "root": str(tmp_path / "mvtec"), "image_size": [256, 128]}
+    _, out = build_tiny_project(root, {"data": data, "synth": {"count": 4}})
     assert ran_stages(out) == ALL_STAGES
     m = json.loads((root / "metrics.json").read_text())
     assert (
         m["fallback"] is False and m["defect_bank"]["synthetic_rows"] == m["defect_bank"]["defect_rows"] > 0
     )
     assert "generated masks" in " ".join(out.split())
+
+
+def test_folder_of_grayscale_images_without_masks_runs_end_to_end(tmp_path):
+    """Factory data: a folder of good parts, one of rejected parts, one of known rejects for training - all
+    grayscale, no masks anywhere. Image metrics come out, pixel metrics are null with a note, and the known
+    rejects feed the defect bank through pseudo-masks."""
+    from PIL import Image
+
+    from exdd_core.data.sources.demo import render
+    from tests.tiny_project import build_tiny_project
+
+    raw = tmp_path / "line7"
+    for folder, label, split, n in (
+        ("good", 0, "train", 8),
+        ("bad", 1, "test", 4),
+        ("rejects", 1, "train", 3),
+    ):
+        (raw / folder).mkdir(parents=True)
+        for k in range(n):
+            image, _, _ = render(5, split, label, k, (128, 64))
+            Image.fromarray(image).convert("L").save(raw / folder / f"part{k:03d}.png")
+    root = tmp_path / "project"
+    root.mkdir()
+    folder = {"normal_dir": "good", "abnormal_dir": "bad", "known_defects_dir": "rejects", "mask_dir": None}
+    folder["normal_test_fraction"] = 0.2
+    _, out = build_tiny_project(root, {"data": {"source": "folder", "root": str(raw), "folder": folder}})
+    assert ran_stages(out) == ALL_STAGES
+    m = json.loads((root / "metrics.json").read_text())
+    assert 0.0 <= m["exdd"]["image_auroc"] <= 1.0 and 0.0 <= m["patchcore"]["image_auroc"] <= 1.0
+    assert m["exdd"]["pixel_auroc"] is None and m["patchcore"]["aupro"] is None
+    assert "4 of 4 defective test images have no mask" in m["pixel_note"]
+    assert m["test_images"] == {"normal": 2, "defective": 4, "defective_with_mask": 0}
+    log = " ".join(out.split())
+    kept = re.search(r"(\d+) of (\d+) rows of unmasked images kept as pseudo-defects", log)
+    assert kept and 0 < int(kept[1]) < int(kept[2]), log[-3000:]
+    assert m["defect_bank"]["defect_rows"] > m["defect_bank"]["synthetic_rows"]  # real (pseudo) rows too

@@ -37,15 +37,19 @@ def build_bank(
     method: str = "auto",
     device: str = "cpu",
     counter: Callable | None = None,
+    keep: np.ndarray | None = None,
 ) -> dict:
-    """Select the coreset of a feature store and write it as a bank store. Returns a summary."""
+    """Select the coreset of a feature store (of its rows where `keep` (rows,) is True, when given: see
+    banks.purify) and write it as a bank store. Returns a summary."""
     store = Store(features_path)
-    n = len(store)
+    candidates = np.arange(len(store)) if keep is None else np.flatnonzero(keep)
+    n = len(candidates)
     k = coreset_size(n, ratio, min_size)
     attrs = {
         **{k_: v for k_, v in store.attrs.items() if k_ not in ("images", "offsets", "format", "dim")},
         "kind": f"bank:{store.attrs.get('kind')}",
-        "source_rows": n,
+        "source_rows": len(store),
+        "candidate_rows": n,
         "source_images": len(store.images),
         "coreset_ratio": ratio,
         "coreset_min_size": min_size,
@@ -57,15 +61,17 @@ def build_bank(
             out, store.dim, store.attrs.get("dtype", "float16"), {**attrs, "coverage_radius": None}
         ) as w:
             w.add("bank", np.zeros((0, store.dim), np.float32))
-        return {"rows": 0, "source_rows": 0, "coverage_radius": None}
+        return {"rows": 0, "source_rows": len(store), "candidate_rows": 0, "coverage_radius": None}
     proj = project_store(store, projection_dim, seed)
+    if keep is not None:
+        proj = proj[candidates]
     if counter is not None:
         with counter("coreset picks", k) as advance:
             res = greedy_coreset(proj, k, seed=seed, method=method, device=device, progress=advance)
     else:
         res = greedy_coreset(proj, k, seed=seed, method=method, device=device)
     del proj
-    order = np.sort(res.indices)
+    order = candidates[np.sort(res.indices)]
     rows = store.take(order)
     attrs["coverage_radius"] = res.radius
     attrs["coverage_space"] = f"projection to {min(projection_dim, store.dim)} dims"
@@ -76,4 +82,4 @@ def build_bank(
     with StoreWriter(out, store.dim, store.attrs.get("dtype", "float16"), attrs) as w:
         for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True):
             w.add(store.images[int(source[a])], rows[a:b], order[a:b].astype(np.int32))
-    return {"rows": k, "source_rows": n, "coverage_radius": res.radius}
+    return {"rows": k, "source_rows": len(store), "candidate_rows": n, "coverage_radius": res.radius}

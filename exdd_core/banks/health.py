@@ -36,18 +36,22 @@ class BankHealth:
         return asdict(self)
 
 
-def normal_nn_scale(normal: Bank, sample: int = SCALE_SAMPLE, seed: int = 0) -> float | None:
-    """Median over (a seeded sample of) M_N's rows of the distance to their nearest *other* row."""
+def normal_self_nn(normal: Bank, sample: int = SCALE_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Distances of (a seeded sample of) M_N's rows to their nearest *other* row: M_N's own spacing."""
     n = len(normal)
     if n < 2:
-        return None
-    idx = (
-        np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
-    )
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n) if n <= sample else np.sort(rng.choice(n, sample, replace=False))
     d, i = normal.knn(normal.rows[idx], 2)
     self_first = i[:, 0].cpu().numpy() == idx  # duplicates can tie with the row itself: take the other
-    nearest_other = np.where(self_first, d[:, 1].cpu().numpy(), d[:, 0].cpu().numpy())
-    return float(np.median(nearest_other))
+    return np.where(self_first, d[:, 1].cpu().numpy(), d[:, 0].cpu().numpy()).astype(np.float64)
+
+
+def normal_nn_scale(normal: Bank, sample: int = SCALE_SAMPLE, seed: int = 0) -> float | None:
+    """Median of M_N's own spacing (`normal_self_nn`); None for a bank of fewer than 2 rows."""
+    spacing = normal_self_nn(normal, sample, seed)
+    return float(np.median(spacing)) if len(spacing) else None
 
 
 def defect_bank_health(normal: Bank, defect_rows: np.ndarray, synthetic: np.ndarray) -> BankHealth:

@@ -54,6 +54,10 @@ def read_source(data: dict, seed: int, scratch: Path) -> list[ImageRecord]:
 
         root = ksdd2_folder(Path(data["root"]), KSDD2_EXTRACTED)
         return read_ksdd2(root, "train") + read_ksdd2(root, "test")
+    if source == "folder":
+        from exdd_core.data.sources.folder import read_folder
+
+        return read_folder(Path(data["root"]), data["folder"], seed)
     if source == "mvtec":
         from exdd_core.data.sources.mvtec import read_mvtec
 
@@ -95,8 +99,6 @@ def write_prepared(
                         raise InputError(f"{r.mask_path}: defective image {r.id} has an empty mask")
                     mask_path = tmp / "masks" / f"{r.id}.png"
                     save_png(mask_path, mask.astype(np.uint8) * 255)
-                elif r.label and r.mask_path is None and group == "train_defective":
-                    raise InputError(f"{r.image_path}: defective training image without a mask")
                 prepared.append(ImageRecord(r.id, r.split, r.label, img_path, mask_path))
             write_manifest(prepared, tmp / "manifest.csv", tmp)
         counts[group] = len(recs)

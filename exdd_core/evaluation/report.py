@@ -71,6 +71,7 @@ def evaluate(
     maps_exdd = np.empty((n, *size), dtype=np.float32)
     maps_pc = np.empty((n, *size), dtype=np.float32)
     masks = np.zeros((n, *size), dtype=bool)
+    has_mask = np.zeros(n, dtype=bool)
     for i, image_id, rows, _ in progress(ts.iter_images(), "evaluate", n):
         rec = records[image_id]
         scored = model.score(rows)
@@ -84,10 +85,14 @@ def evaluate(
         maps_pc[i] = scored.patchcore_map()
         if rec.mask_path is not None:
             masks[i] = load_mask(rec.mask_path, size)
+            has_mask[i] = True
 
     default = scoring["mode"]
-    px_exdd = pixel_report(masks, maps_exdd, eval_params["max_fpr"])
-    px_pc = pixel_report(masks, maps_pc, eval_params["max_fpr"])
+    # Pixel metrics over the images whose pixels are labelled: normal ones, and defective ones with a mask
+    # (a defective image without one has defect pixels nobody marked; counting them normal would be wrong).
+    px = (labels == 0) | has_mask
+    px_exdd = pixel_report(masks[px], maps_exdd[px], eval_params["max_fpr"])
+    px_pc = pixel_report(masks[px], maps_pc[px], eval_params["max_fpr"])
     modes = {m: _image_block(labels, scores[m]) for m in MODES}
     metrics: dict[str, Any] = {
         "exdd": {**modes[default], **_pixel_block(px_exdd.metrics()), "mode": default},
@@ -95,7 +100,11 @@ def evaluate(
         "patchcore_reweighted": _image_block(labels, scores["patchcore_reweighted"]),
         "modes": modes,
         "fallback": model.fallback,
-        "test_images": {"normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())},
+        "test_images": {
+            "normal": int((labels == 0).sum()),
+            "defective": int((labels == 1).sum()),
+            "defective_with_mask": int(has_mask[labels == 1].sum()),
+        },
         "bank_sizes": model.bank_sizes,
         "defect_bank": {k: _round(v) if isinstance(v, float) else v for k, v in health.as_dict().items()},
         "coverage_radius": {
@@ -103,6 +112,12 @@ def evaluate(
             "defect": bp.attrs.get("coverage_radius"),
         },
     }
+    unlabelled = int(((labels == 1) & ~has_mask).sum())
+    if unlabelled:
+        metrics["pixel_note"] = (
+            f"{unlabelled} of {int((labels == 1).sum())} defective test images have no mask: pixel metrics "
+            + ("are over the others" if has_mask.any() else "are null (no defective image has a mask)")
+        )
     ids = list(ts.images)
     scores["exdd"] = scores[default]
     _write_outputs(out_dir, ids, labels, scores)

@@ -6,6 +6,10 @@ Three kinds of store, one writer:
   image's mask (ground truth for real defects, diff mask for synthetic ones) - design.md, row D;
 * `bbox_crop`: the authors' code: every patch of a bounding-box crop around one defect region, resized to
   128 x 128 (rows D and J; their known bug keeps one region per image: we keep the largest).
+
+A known defective image without a mask (image-level label only) gives all its patches to a `defect` store,
+listed in the attribute `unmasked_images`: the bank_defect stage keeps only those far from the normal bank
+(pseudo-masks, banks.purify).
 """
 
 from __future__ import annotations
@@ -97,12 +101,14 @@ def write_store(
     attrs = store_attrs(extractor, features, image_size, grid, seed, manifests, kind)
     attrs["selection"] = selection
     attrs["mask_threshold"] = mask_threshold if selection == "mask" else None
+    unmasked = [r.id for r in records if r.mask_path is None] if selection != "all" else []
+    attrs["unmasked_images"] = unmasked
     dim = store_dim or extractor.dim
     n_rows = 0
     with StoreWriter(out, dim, features["dtype"], attrs) as writer:
         for r in progress(records, f"features {kind}", len(records)):
             img = load_image(r.image_path, image_size)
-            if selection == "bbox_crop":
+            if selection == "bbox_crop" and r.mask_path is not None:
                 rows, pos = _bbox_crop_rows(r, img, extractor)
             else:
                 patches = extractor(img)  # (1, C, h, w)
@@ -110,9 +116,7 @@ def write_store(
                     raise InputError(f"{r.image_path}: patch grid {tuple(patches.shape[-2:])} != {grid}")
                 rows = to_rows(patches)
                 pos = torch.arange(rows.shape[0])
-                if selection == "mask":
-                    if r.mask_path is None:
-                        raise InputError(f"{r.image_path}: defect image {r.id} has no mask")
+                if selection == "mask" and r.mask_path is not None:
                     mask = torch.as_tensor(load_mask(r.mask_path, image_size))
                     keep = mask_coverage(mask, grid).reshape(-1).to(rows.device) >= mask_threshold
                     rows, pos = rows[keep], pos[keep.cpu()]
@@ -124,8 +128,6 @@ def write_store(
 
 
 def _bbox_crop_rows(r: ImageRecord, img: np.ndarray, extractor: PatchFeatureExtractor):
-    if r.mask_path is None:
-        raise InputError(f"{r.image_path}: defect image {r.id} has no mask")
     mask = load_mask(r.mask_path, img.shape[:2])
     box = _largest_region_bbox(mask)
     if box is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 Device = Literal["auto", "cpu", "cuda"]
-DataSource = Literal["demo", "ksdd2", "mvtec"]
+DataSource = Literal["demo", "ksdd2", "mvtec", "folder"]
 SynthBackend = Literal["procedural", "sdxl", "none"]
 SynthMasks = Literal["auto", "real", "generated"]
 Aggregation = Literal["padded_bilinear", "authors_code"]

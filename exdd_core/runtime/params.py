@@ -120,6 +120,13 @@ SCHEMA: dict[str, Any] = {
         "source": choice(*c.DATA_SOURCES),
         "root": text(),
         "image_size": size_hw(),
+        "folder": {
+            "normal_dir": text(),
+            "abnormal_dir": text(),
+            "mask_dir": optional(text()),
+            "known_defects_dir": optional(text()),
+            "normal_test_fraction": number(0.0, 1.0, lo_open=True),
+        },
         "demo": {
             "train_normal": integer(1),
             "train_defective": integer(0),
@@ -170,6 +177,8 @@ SCHEMA: dict[str, Any] = {
         "coreset_method": choice(*c.CORESET_METHODS),
         "mask_threshold": number(0.0, 1.0, lo_open=True),
         "defect_patches": choice(*c.DEFECT_PATCHES),
+        "purify": optional(number(0.0, 1.0)),
+        "pseudo_top": number(0.0, 1.0, lo_open=True),
         "device": DEVICE,
     },
     "scoring": {

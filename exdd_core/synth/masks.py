@@ -53,7 +53,7 @@ def generated_mask(mask_id: str, shape: tuple[int, int], sample_seed: int) -> np
     rng = np.random.default_rng([int(sample_seed), 0x3A5C])
     scale = float(np.sqrt(shape[0] * shape[1] / REFERENCE_AREA))
     if kind == "blob":
-        mask = smudge(rng, shape, size_scale=max(scale, 0.2), contrast=50.0).mask
+        mask = smudge(rng, shape, size_scale=max(scale, 0.4), contrast=50.0).mask
     elif kind == "stroke":
         length = float(rng.uniform(20, 160)) * scale
         width = float(rng.uniform(3.0, 8.0)) * max(scale, 0.5)

@@ -18,16 +18,15 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _mask_for(root: Path, defect_type: str, image: Path) -> Path:
-    """The ground-truth mask of a defective test image; InputError when it is missing."""
+def _mask_for(root: Path, defect_type: str, image: Path) -> Path | None:
+    """The ground-truth mask of a defective test image, or None (an image-level label only: evaluate then
+    leaves the image out of the pixel metrics and says how many had no mask)."""
     gt_dir = root / "ground_truth" / defect_type
     for suffix in IMAGE_SUFFIXES:
         candidate = gt_dir / f"{image.stem}_mask{suffix}"
         if candidate.is_file():
             return candidate
-    raise InputError(
-        f"{image}: defective test image has no mask (expected {gt_dir / (image.stem + '_mask.png')})"
-    )
+    return None
 
 
 def _type_folders(split_dir: Path, split: str) -> list[Path]:
