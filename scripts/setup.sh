@@ -14,6 +14,6 @@ want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "installing exdd and its dependencies into .venv (a few minutes the first time)..."
   python -m pip install -q --upgrade pip
-  python -m pip install -q -e ".[test]"
+  python -m pip install -q -e ".[pipeline,test]"
   echo "$want" > "$stamp"
 fi

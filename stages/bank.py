@@ -6,7 +6,10 @@ Usage: python stages/bank.py normal|defect
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from exdd_core.banks.build import build_bank
+from exdd_core.banks.holdout import calibration_ids
 from exdd_core.banks.knn import Bank
 from exdd_core.banks.purify import defect_row_filter
 from exdd_core.features.store import Store
@@ -26,6 +29,11 @@ def main(which: str) -> str:
     out = Path("banks") / f"{which}.zarr"
     features = Path("features") / f"{which}.zarr"
     keep, note = None, ""
+    if which == "normal":  # the calibration images stay out of M_N (evaluation.calibration)
+        store = Store(features)
+        held_out = calibration_ids(store.images, p["eval"]["calibration_fraction"], p["seed"])
+        keep = np.repeat([i not in held_out for i in store.images], np.diff(store.offsets))
+        note = f", {len(held_out)} of {len(store.images)} images held out for threshold calibration"
     if which == "defect":  # M_P is judged against M_N: purification and pseudo-masks (banks.purify)
         normal = Bank(Store(Path("banks") / "normal.zarr").read_all(), device=device)
         f = defect_row_filter(Store(features), normal, b["purify"], b["pseudo_top"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from exdd_core.banks.health import MOSTLY_BACKGROUND
 from exdd_core.evaluation.report import evaluate
-from exdd_core.runtime.atomic import write_text_atomic
+from exdd_core.runtime.atomic import staging_dir
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import log, run_stage, track
@@ -14,6 +14,14 @@ from exdd_core.scoring.model import FALLBACK_NOTE
 
 
 def main() -> str:
+    """Everything is written to a staging folder and published at the very end, so an evaluate that fails
+    leaves the previous results (the outputs are `persist` in dvc.yaml: DVC does not delete them first)."""
+    with staging_dir(Path("eval")) as staged:
+        summary = run(staged)
+    return summary
+
+
+def run(staged: Path) -> str:
     p = load_params()
     device = resolve_device(p["scoring"]["device"], "scoring.device")
     res = evaluate(
@@ -24,8 +32,10 @@ def main() -> str:
         p["scoring"],
         p["eval"],
         device,
-        Path("eval"),
+        staged,
         progress=track,
+        normal_features=Path("features/normal.zarr"),
+        seed=p["seed"],
     )
     m = res.metrics
     weights = p["backbone"]["weights"]
@@ -52,16 +62,29 @@ def main() -> str:
     health = describe_health(m["defect_bank"])
     if (m["defect_bank"]["background_share"] or 0.0) > MOSTLY_BACKGROUND:
         log.warning("defect bank is mostly background: %s", health)
-    write_text_atomic(Path("metrics.json"), json.dumps(m, indent=2) + "\n")
-    card = build_card(m, res.thresholds, res.test_attrs, p["scoring"], p["seed"], res.map_range, comparable)
-    write_card(Path("eval/model.json"), card)
+    (staged / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    if "note" in m["calibration"]:
+        log.warning(m["calibration"]["note"])
+    card = build_card(m, res, p["scoring"], p["seed"], comparable)
+    write_card(staged / "model.json", card)
     e, pc = m["exdd"], m["patchcore"]
     return (
         f"{len(res.ids)} test images on {device}, {p['backbone']['name']} weights "
         f"{res.test_attrs.get('weights_id', weights)}: "
         f"ExDD ({e['mode']}) I-AUROC {e['image_auroc']} P-AUROC {e['pixel_auroc']} AUPRO {e['aupro']} | "
         f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} | defect bank {health} "
-        f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json (threshold {e['threshold']})"
+        f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json ({calibrated(m['calibration'])})"
+    )
+
+
+def calibrated(c: dict) -> str:
+    """The deployment threshold and what the test set says of it, for the log line."""
+    if not c["images"]:
+        return "oracle threshold: no calibration images"
+    e = c["exdd"]
+    return (
+        f"threshold {e['threshold']} at target FPR {c['target_fpr']} from {c['images']} held-out normals: "
+        f"test false alarms {e['false_alarm_rate']}, misses {e['miss_rate']}"
     )
 
 

@@ -84,3 +84,18 @@ def test_imagenet_offline_fails_fast_with_help(monkeypatch, tmp_path):
     assert time.perf_counter() - t0 < 10
     msg = str(e.value)
     assert "timm.create_model('resnet18', pretrained=True)" in msg and "HF_HOME" in msg
+
+
+def test_imagenet_missing_fails_fast_even_without_offline_mode(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE anywhere (neither now nor when huggingface_hub was imported): the local-cache check
+    answers before any network call, in well under 5 s."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    t0 = time.perf_counter()
+    with pytest.raises(MissingResourceError, match="not in the local Hugging Face cache"):
+        create_backbone(BackboneSpec("wide_resnet50_2", "imagenet", (2, 3)))
+    assert time.perf_counter() - t0 < 5

@@ -19,6 +19,7 @@ from PIL import Image
 
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
+from exdd_core.evaluation.report import EvalResult
 from exdd_core.features.extract import make_extractor, write_store
 from exdd_core.features.store import Store
 from exdd_core.runtime.errors import InputError, MismatchError
@@ -46,6 +47,7 @@ def fake_metrics() -> dict:
         "bank_sizes": {"normal": 0, "defect": 0},
         "coverage_radius": {"normal": None, "defect": None},
         "test_images": {"normal": 2, "defective": 1},
+        "calibration": {"images": 1, "target_fpr": 0.01},
     }
 
 
@@ -69,7 +71,8 @@ def mini(tmp_path_factory) -> Path:
     write_store(records, root / "features" / "test.zarr", ex, kind="test", **common)
     thresholds = {**{m: 1.0 for m in MODES}, "patchcore": 2.0}
     attrs = Store(root / "features" / "test.zarr").attrs
-    card = build_card(fake_metrics(), thresholds, attrs, SCORING, 0, (0.0, 2.0), False)
+    result = EvalResult(fake_metrics(), [], np.zeros(0), {}, attrs, (0.0, 2.0), thresholds, thresholds)
+    card = build_card(fake_metrics(), result, SCORING, 0, False)
     write_card(root / "eval" / "model.json", card)
     return root
 
@@ -104,6 +107,11 @@ def test_card_round_trip_and_refusals(mini: Path, tmp_path: Path) -> None:
     refused(lambda c: c["backbone"].update(seed=1), "weights_id")  # other random weights than the banks'
     refused(lambda c: c["preprocessing"].update(mean=[0.5, 0.5, 0.5]), "preprocessing")
     refused(lambda c: c.update(format="metrics"), "not an exdd deployment card", InputError)
+    # a card of the first format (test-set thresholds) still loads, its thresholds said to be the oracle's
+    v1 = {k: v for k, v in card.to_dict().items() if k not in ("oracle_thresholds", "calibration")}
+    (tmp_path / "v1.json").write_text(json.dumps({**v1, "format": "exdd-model/1"}))
+    old = load_card(tmp_path / "v1.json")
+    assert old.oracle_thresholds == card.thresholds and old.calibration["images"] == 0
     refused(lambda c: c.pop("thresholds"), r"lacks \['thresholds'\]", InputError)
     with pytest.raises(InputError, match="deployment card not found"):
         load_card(tmp_path / "nowhere.json")
@@ -140,7 +148,9 @@ def test_cli_score_and_info_in_process(mini: Path, tmp_path: Path, capsys) -> No
     assert [Path(r["image"]).name for r in rows] == ["im0.png", "im1.png", "im2.png", "im3.png", "big.png"]
     assert {r["decision"] for r in rows} == {"normal"} and float(rows[0]["threshold"]) == 1e9
     with Image.open(out / rows[-1]["overlay"]) as im:
-        assert (im.height, im.width) == (96, 72)  # the file's own size, also when resized for scoring
+        # the file's own width (also when resized for scoring), with the score, threshold, decision above and a
+        # colour bar below the image
+        assert im.width == 72 and im.height > 96
 
     capsys.readouterr()
     assert main(["info", str(mini / "banks"), "--json"]) == 0
@@ -198,8 +208,13 @@ def test_score_equals_evaluate_on_test_images(project) -> None:
     card = json.loads((root / "eval" / "model.json").read_text())
     metrics = json.loads((root / "metrics.json").read_text())
     default = metrics["exdd"]["mode"]
-    assert card["thresholds"][default] == pytest.approx(metrics["exdd"]["threshold"], abs=1e-6)
-    assert card["thresholds"]["patchcore"] == pytest.approx(metrics["patchcore"]["threshold"], abs=1e-6)
+    # the card carries the calibrated thresholds (held-out normal training images), the oracle apart
+    assert card["thresholds"][default] == pytest.approx(metrics["calibration"]["exdd"]["threshold"], abs=1e-6)
+    assert card["thresholds"]["patchcore"] == pytest.approx(
+        metrics["calibration"]["patchcore"]["threshold"], abs=1e-6
+    )
+    assert card["oracle_thresholds"][default] == pytest.approx(metrics["exdd"]["oracle_threshold"], abs=1e-6)
+    assert card["calibration"]["images"] == 1 and card["format"] == "exdd-model/2"
     thr = card["thresholds"][card["scoring"]["mode"]]
     rows = list(csv.DictReader((root / "scored" / "scores.csv").open()))
     assert len(rows) == len(images)
@@ -209,7 +224,7 @@ def test_score_equals_evaluate_on_test_images(project) -> None:
         assert float(row["patchcore"]) == pytest.approx(float(ev["patchcore"]), rel=1e-6)
         assert row["decision"] == ("defective" if float(row["exdd"]) >= thr else "normal")
         with Image.open(root / "scored" / row["overlay"]) as im:
-            assert (im.height, im.width) == (128, 64) and im.mode == "RGB"
+            assert im.width == 64 and im.height > 128 and im.mode == "RGB"
 
 
 @pytest.mark.slow
@@ -262,3 +277,76 @@ def test_plots_exist_parse_and_render(project) -> None:
         ["dvc", "plots", "show", "-o", "html"], cwd=root, env=env, capture_output=True, text=True
     )
     assert p.returncode == 0 and (root / "html" / "index.html").is_file(), p.stderr[-3000:]
+
+
+def test_export_scores_like_the_banks_without_dvc(mini: Path, tmp_path: Path) -> None:
+    """`exdd export` then `exdd score --model <folder>`, run from outside the project: the same scores as
+    scoring with the Zarr banks (1e-5), and not one DVC module imported on the way."""
+    out = tmp_path / "exported"
+    assert (
+        main(
+            [
+                "export",
+                "--banks",
+                str(mini / "banks"),
+                "--model",
+                str(mini / "eval" / "model.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in out.iterdir()} == {
+        "card.json",
+        "backbone.safetensors",
+        "banks.safetensors",
+        "README.md",
+    }
+    images = [str(mini / "img" / f"im{i}.png") for i in range(4)]
+    ref = tmp_path / "ref"
+    assert (
+        main(
+            [
+                "score",
+                *images,
+                "--banks",
+                str(mini / "banks"),
+                "--model",
+                str(mini / "eval" / "model.json"),
+                "--out",
+                str(ref),
+                "--no-overlays",
+            ]
+        )
+        == 0
+    )
+    script = (
+        "import sys; from exdd_core.serve.cli import main; "
+        f"rc = main(['score', *{images!r}, '--model', {str(out)!r}, '--out', 'scored', '--no-overlays']); "
+        "dvc = sorted(m for m in sys.modules if m == 'dvc' or m.startswith('dvc.')); "
+        "print('DVC-MODULES', dvc); sys.exit(rc)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "DVC-MODULES []" in p.stdout
+    got = list(csv.DictReader((tmp_path / "scored" / "scores.csv").open()))
+    want = list(csv.DictReader((ref / "scores.csv").open()))
+    for g, w in zip(got, want, strict=True):
+        assert float(g["exdd"]) == pytest.approx(float(w["exdd"]), rel=1e-5)
+        assert float(g["patchcore"]) == pytest.approx(float(w["patchcore"]), rel=1e-5)
+        assert g["decision"] == w["decision"]
+
+
+def test_export_refuses_tampered_files(mini: Path, tmp_path: Path) -> None:
+    from exdd_core.serve.export import export_model, open_exported
+
+    out = tmp_path / "exported"
+    export_model(mini / "banks", mini / "eval" / "model.json", out)
+    with open(out / "banks.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(MismatchError, match="sha256"):
+        open_exported(out)

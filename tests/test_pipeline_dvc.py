@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,28 @@ def test_folder_of_grayscale_images_without_masks_runs_end_to_end(tmp_path):
     kept = re.search(r"(\d+) of (\d+) rows of unmasked images kept as pseudo-defects", log)
     assert kept and 0 < int(kept[1]) < int(kept[2]), log[-3000:]
     assert m["defect_bank"]["defect_rows"] > m["defect_bank"]["synthetic_rows"]  # real (pseudo) rows too
+
+
+def test_a_failed_evaluate_leaves_the_previous_results(project):
+    """scoring.device: cuda on a machine without a GPU: evaluate stops with a clear error, and the previous
+    metrics, card and plots stay in place (persist outputs, published only at the end), so `exdd score`
+    still scores with the previous card."""
+    root, env = project
+    before = {p: (root / p).read_bytes() for p in ("metrics.json", "eval/model.json", "eval/scores.csv")}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["scoring"]["device"] = "cuda"
+    try:
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        p = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        log = " ".join((p.stdout + p.stderr).split())
+        assert p.returncode != 0 and "scoring.device = 'cuda', but torch sees no CUDA GPU" in log, log[-2000:]
+        assert "Traceback" not in log
+        assert {p: (root / p).read_bytes() for p in before} == before
+        assert list((root / "eval" / "plots").glob("roc_*.csv"))
+        image = next((root / "data" / "prepared" / "test" / "images").glob("*.png"))
+        cli = [sys.executable, "-m", "exdd_core.serve.cli", "score", str(image), "--banks", "banks"]
+        out = run([*cli, "--out", str(root / "scored-after-failure")], root, env)
+        assert "score done in" in " ".join(out.split())
+    finally:
+        run(["git", "checkout", "--", "."], root, env)
+        run(["dvc", "checkout", "--force"], root, env)

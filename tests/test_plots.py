@@ -101,3 +101,17 @@ def test_heatmap_titles_do_not_call_a_caught_defect_missed() -> None:
     assert _case_title("false-alarm", 1.0, 2.0) == "highest-normal (passed)"
     assert _case_title("false-alarm", 2.0, 2.0) == "false-alarm"
     assert _case_title("borderline", 2.0, 2.0) == "borderline"
+
+
+def test_annotated_panel_and_grid_shapes() -> None:
+    from exdd_core.evaluation.overlay import annotate, colormap, grid
+
+    panel = np.full((40, 30, 3), 7, np.uint8)
+    out = annotate(panel, ["title", "score 1.0"], 0.0, 2.0, font_size=10)
+    assert out.shape[1] == 30 and out.shape[0] > 40
+    header = out.shape[0] - 40 - 10 - 14 - 4  # lines, then the panel, the bar and its labels
+    np.testing.assert_array_equal(out[header : header + 40], panel)  # the image itself, untouched
+    bar = out[header + 42 : header + 52]
+    np.testing.assert_array_equal(bar[0], colormap(np.linspace(0.0, 1.0, 30)))  # the overlay's colours
+    g = grid([panel] * 5, columns=2, gap=3)
+    assert g.shape == (3 * 40 + 2 * 3, 2 * 30 + 3, 3)

@@ -67,6 +67,7 @@ def build_bank(
         proj = proj[candidates]
     if counter is not None:
         with counter("coreset picks", k) as advance:
+            advance(1)  # the seeded random start is the first pick
             res = greedy_coreset(proj, k, seed=seed, method=method, device=device, progress=advance)
     else:
         res = greedy_coreset(proj, k, seed=seed, method=method, device=device)

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from exdd_core.data.imageio import load_image, save_png
-from exdd_core.evaluation.overlay import overlay, side_by_side
+from exdd_core.evaluation.overlay import annotate, grid, overlay, side_by_side
 
 # Colour range of every overlay, as percentiles of all test maps of a run: one shared scale (a cool image is a
 # normal one), robust to a few extreme pixels. Display only: no metric depends on it.
 HEATMAP_RANGE_PERCENTILES = (1.0, 99.9)
+# Panels per row of eval/heatmaps.png (each panel is image | overlay): a picture a screen can show.
+HEATMAP_COLUMNS = 3
 
 
 def pick_cases(
@@ -70,30 +72,24 @@ def write_heatmaps(
     how_many: int,
     value_range: tuple[float, float] | None = None,
 ) -> Path | None:
-    """One PNG with an overlay per chosen case (ground truth outlined), titled with kind and score."""
-    from PIL import Image, ImageDraw, ImageFont
-
+    """One PNG with an overlay per chosen case (ground truth outlined), each titled with its kind, id, score,
+    threshold and decision over a colour bar of the shared scale, in rows of HEATMAP_COLUMNS."""
     if how_many <= 0:
         return None
     cases = pick_cases(labels, scores, threshold, how_many)
-    try:  # the 10 px bitmap default is unreadable on a README picture; `size` needs Pillow >= 10.1
-        font = ImageFont.load_default(size=15)
-    except TypeError:
-        font = ImageFont.load_default()
     lo, hi = value_range if value_range is not None else np.percentile(maps, HEATMAP_RANGE_PERCENTILES)
     panels = []
     for kind, k in cases:
         img = load_image(records[ids[k]].image_path, size)
         over = overlay(img, maps[k], float(lo), float(hi), masks[k])
-        pil = Image.fromarray(side_by_side(img, over))
-        draw = ImageDraw.Draw(pil)
-        draw.rectangle([0, 0, pil.width, 38], fill=(0, 0, 0))
-        draw.text(
-            (4, 2), f"{_case_title(kind, scores[k], threshold)}: {ids[k]}", fill=(255, 255, 255), font=font
-        )
-        draw.text((4, 20), f"score {scores[k]:.4g} (thr {threshold:.4g})", fill=(255, 255, 255), font=font)
-        panels.append(np.asarray(pil))
-    grid = side_by_side(*panels, gap=8)
+        decision = "defective" if scores[k] >= threshold else "normal"
+        truth = "defective" if labels[k] else "normal"
+        lines = [
+            f"{_case_title(kind, scores[k], threshold)}: {ids[k]}",
+            f"score {scores[k]:.4g}, threshold {threshold:.4g}",
+            f"-> {decision} (truth: {truth})",
+        ]
+        panels.append(annotate(side_by_side(img, over), lines, float(lo), float(hi)))
     path = out_dir / "heatmaps.png"
-    save_png(path, grid)
+    save_png(path, grid(panels, HEATMAP_COLUMNS))
     return path

@@ -13,6 +13,7 @@ import numpy as np
 from exdd_core.banks.health import defect_bank_health
 from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import SYNTHETIC_PREFIX, read_manifest
+from exdd_core.evaluation.calibration import calibration_ids, line_rates, threshold_at_fpr
 from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
 from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
 from exdd_core.evaluation.pixel_metrics import PixelReport, pixel_report
@@ -32,7 +33,8 @@ class EvalResult:
     # What `exdd score` needs to reproduce these scores and colour its overlays alike (inference.build_card).
     test_attrs: dict[str, Any] = field(default_factory=dict)
     map_range: tuple[float, float] = (0.0, 1.0)
-    thresholds: dict[str, float | None] = field(default_factory=dict)  # full precision, per mode + patchcore
+    thresholds: dict[str, float | None] = field(default_factory=dict)  # calibrated, per mode + patchcore
+    oracle_thresholds: dict[str, float | None] = field(default_factory=dict)  # F1-optimal on the test set
 
 
 def load_banks(normal: Path, defect: Path, test: Path) -> tuple[Store, Store, Store]:
@@ -53,7 +55,11 @@ def evaluate(
     device: str,
     out_dir: Path,
     progress: Callable = lambda it, desc, total: it,
+    normal_features: Path | None = None,
+    seed: int = 0,
 ) -> EvalResult:
+    """Score the test set with ExDD (every mode) and PatchCore; thresholds calibrated on the normal training
+    images of `normal_features` that the normal bank held out (none: the oracle thresholds, with a note)."""
     bn, bp, ts = load_banks(normal_bank, defect_bank, test_features)
     records = {r.id: r for r in read_manifest(test_manifest)}
     missing = [i for i in ts.images if i not in records]
@@ -122,7 +128,9 @@ def evaluate(
     scores["exdd"] = scores[default]
     _write_outputs(out_dir, ids, labels, scores)
     _write_pixel_curves(out_dir / "plots", {"exdd": px_exdd, "patchcore": px_pc})
-    thresholds = f1_thresholds(labels, scores)
+    oracle = f1_thresholds(labels, scores)
+    held_out = _held_out_scores(model, normal_features, eval_params["calibration_fraction"], seed)
+    thresholds, metrics["calibration"] = _calibrate(held_out, oracle, labels, scores, eval_params, default)
     thr = thresholds[default]
     lo, hi = (float(v) for v in np.percentile(maps_exdd, HEATMAP_RANGE_PERCENTILES))
     write_heatmaps(
@@ -138,7 +146,58 @@ def evaluate(
         eval_params["heatmaps"],
         value_range=(lo, hi),
     )
-    return EvalResult(metrics, ids, labels, scores, dict(ts.attrs), (lo, hi), thresholds)
+    return EvalResult(metrics, ids, labels, scores, dict(ts.attrs), (lo, hi), thresholds, oracle)
+
+
+def _held_out_scores(
+    model: ExddModel, normal_features: Path | None, fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Every score (modes, patchcore) of the normal training images the normal bank held out."""
+    if normal_features is None:
+        return {}
+    store = Store(normal_features)
+    held_out = calibration_ids(store.images, fraction, seed)
+    rows = [(i, r) for _, i, r, _ in store.iter_images() if i in held_out]
+    results = [model.score(r).result for _, r in rows]
+    out = {m: np.array([res.exdd[m] for res in results]) for m in MODES}
+    out["patchcore"] = np.array([res.patchcore for res in results])
+    return out
+
+
+def _calibrate(
+    held_out: dict[str, np.ndarray],
+    oracle: dict[str, float | None],
+    labels: np.ndarray,
+    scores: dict[str, np.ndarray],
+    eval_params: dict,
+    default: str,
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Deployment thresholds at eval.target_fpr on the held-out normals, and what the test set says of
+    them (false-alarm and miss rates: what the line would see). Without held-out images: the oracle."""
+    target = eval_params["target_fpr"]
+    n = len(held_out.get("patchcore", []))
+    if n == 0:
+        note = "no normal training image held out (eval.calibration_fraction 0): thresholds are the oracle's"
+        return dict(oracle), {"images": 0, "target_fpr": target, "note": note}
+    thresholds: dict[str, float | None] = {k: threshold_at_fpr(v, target) for k, v in held_out.items()}
+    report: dict[str, Any] = {
+        "images": n,
+        "target_fpr": target,
+        "exdd": {
+            "threshold": _round(thresholds[default]),
+            **line_rates(labels, scores[default], thresholds[default]),
+        },
+        "patchcore": {
+            "threshold": _round(thresholds["patchcore"]),
+            **line_rates(labels, scores["patchcore"], thresholds["patchcore"]),
+        },
+    }
+    if n * target < 1:
+        report["note"] = (
+            f"{n} held-out normal images cannot resolve a false-alarm rate of {target}: the threshold is the "
+            f"highest held-out score (raise eval.calibration_fraction or add normal images)"
+        )
+    return thresholds, report
 
 
 def synthetic_rows(bank: Store) -> np.ndarray:
@@ -167,7 +226,7 @@ def _image_block(labels: np.ndarray, s: np.ndarray) -> dict[str, float | None]:
         "image_auroc": _round(m["auroc"]),
         "image_ap": _round(m["ap"]),
         "image_f1_max": _round(m["f1_max"]),
-        "threshold": _round(m["f1_threshold"]),
+        "oracle_threshold": _round(m["f1_threshold"]),
     }
 
 

@@ -113,26 +113,49 @@ def _weights_file_keys(path: Path) -> set[str]:
         ) from e
 
 
-def _create_imagenet(name: str, kwargs: dict) -> torch.nn.Module:
-    """pretrained=True, but never the ~50 s of network retries: offline mode unless the user opted in."""
-    import timm
+def imagenet_weights_cached(name: str) -> bool:
+    """Whether timm's default pretrained weights of `name` are on this machine (the Hugging Face cache, or
+    torch hub's for models timm still fetches by URL), looked up without any network call."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
 
-    offline_before = os.environ.get("HF_HUB_OFFLINE")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("EXDD_ALLOW_DOWNLOAD") != "1" else None
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub_cache = os.environ.get("HF_HUB_CACHE", str(home / "hub"))  # as set now, not at import
+    if cfg.hf_hub_id:
+        for filename in (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"):
+            found = filename and try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=hub_cache)
+            if isinstance(found, str):
+                return True
+    if cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
+    return False
+
+
+def _create_imagenet(name: str, kwargs: dict) -> torch.nn.Module:
+    """pretrained=True from the local cache only: a missing file is a clear error within seconds whatever
+    the environment (huggingface_hub reads HF_HUB_OFFLINE once, at import; without it, a missing file costs
+    ~50 s of network retries). EXDD_ALLOW_DOWNLOAD=1 lets timm download on a connected machine."""
+    import timm
+    from huggingface_hub import constants
+
+    download = os.environ.get("EXDD_ALLOW_DOWNLOAD") == "1"
+    if not timm.is_model(name):  # an unknown name is a ParamError, not missing weights
+        raise ParamError(f"backbone.name: timm has no model {name!r}")
+    if not download and not imagenet_weights_cached(name):
+        raise _imagenet_help(name, FileNotFoundError("not in the local cache"))
+    offline_before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline_before or not download
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as e:  # huggingface_hub raises several types (LocalEntryNotFoundError, OSError, ...)
         if isinstance(e, MissingResourceError):
             raise
-        msg = str(e)
-        if "Unknown model" in msg:
-            raise ParamError(f"backbone.name: timm has no model {name!r}") from e
         raise _imagenet_help(name, e) from e
     finally:
-        if offline_before is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = offline_before
+        constants.HF_HUB_OFFLINE = offline_before
 
 
 def weights_fingerprint(spec: BackboneSpec) -> str:
@@ -177,6 +200,25 @@ class PatchFeatureExtractor:
         self.model = create_backbone(spec, device)
         self.channels = list(self.model.feature_info.channels())
         self.reductions = list(self.model.feature_info.reduction())
+
+    @classmethod
+    def with_state_dict(
+        cls,
+        name: str,
+        layers: list[int],
+        state: dict[str, torch.Tensor],
+        patch_size: int,
+        aggregation: Aggregation,
+        device: str = "cpu",
+    ) -> PatchFeatureExtractor:
+        """An extractor whose cut backbone gets `state` (an exported features_only state dict, strictly: every
+        tensor of the architecture, nothing else), as `exdd export` wrote it."""
+        ext = cls(BackboneSpec(name, "random", tuple(layers), 0), patch_size, aggregation, device)
+        try:
+            ext.model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise InputError(f"exported backbone does not fit timm's {name} (layers {layers}): {e}") from e
+        return ext
 
     @property
     def dim(self) -> int:

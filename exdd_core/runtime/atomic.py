@@ -137,6 +137,22 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     return atomic_path(final, directory=True)
 
 
+@contextmanager
+def staging_dir(final: Path, top_level: Sequence[str] = ("metrics.json",)) -> Iterator[Path]:
+    """A temporary folder beside `final` to write a stage's outputs into; on success each entry is moved
+    into `final` (replacing what was there), except the names in `top_level`, which go to `final`'s parent
+    (a stage's metrics file). Other files already in `final` (DVC's .gitignore) stay. On error nothing moves."""
+    final = Path(final)
+    pending = PendingPath(final.parent / f"{final.name}-staging", directory=True)
+    try:
+        yield pending.tmp
+        final.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(pending.tmp.iterdir()):
+            replace_path(entry, (final.parent if entry.name in top_level else final) / entry.name)
+    finally:
+        pending.abort()  # empty after success; everything staged after a failure
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -191,6 +191,8 @@ SCHEMA: dict[str, Any] = {
         "device": DEVICE,
     },
     "eval": {
+        "calibration_fraction": number(0.0, 0.9),
+        "target_fpr": number(0.0, 1.0),
         "max_fpr": number(0.0, 1.0, lo_open=True),
         "heatmaps": integer(0),
     },

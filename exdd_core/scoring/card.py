@@ -10,19 +10,27 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exdd_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD
 from exdd_core.features.store import COMPAT_KEYS
 from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.errors import InputError, MismatchError
 
-CARD_FORMAT = "exdd-model/1"
+if TYPE_CHECKING:
+    from exdd_core.evaluation.report import EvalResult
+
+CARD_FORMAT = "exdd-model/2"
+OLD_FORMATS = ("exdd-model/1",)  # read and migrated by Card.from_dict
 CARD_NAME = "model.json"
 # Feature provenance copied from the test store into the card: what decides the feature space and grid.
 FEATURE_KEYS = (*COMPAT_KEYS, "weights", "channels", "feature_dim")
 SCORING_KEYS = ("mode", "neighbors", "eps", "sigma", "map_reweight", "map_8bit")
-THRESHOLD_RULE = "F1-optimal on the test set; score >= threshold means defective"
+THRESHOLD_RULE = (
+    "calibrated on normal training images held out of the normal bank: at most calibration.target_fpr of them "
+    "score >= threshold; score >= threshold means defective"
+)
+ORACLE_RULE_V1 = "F1-optimal on the test set; score >= threshold means defective"
 
 
 def preprocessing() -> dict[str, Any]:
@@ -44,6 +52,8 @@ class Card:
     format: str = CARD_FORMAT
     thresholds: dict[str, float | None]
     threshold_rule: str = THRESHOLD_RULE
+    oracle_thresholds: dict[str, float | None] = field(default_factory=dict)  # F1-optimal on the test set
+    calibration: dict[str, Any] = field(default_factory=dict)
     test_images: dict[str, int] | None = None
     scoring: dict[str, Any]
     features: dict[str, Any]
@@ -70,6 +80,8 @@ class Card:
     def from_dict(cls, data: Any, where: str) -> Card:
         """Refuse anything that is not a card of this format (a metrics.json passed by mistake, a newer
         format) or lacks a field, naming `where`."""
+        if isinstance(data, dict) and data.get("format") in OLD_FORMATS:
+            data = _migrate_v1(data)
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise InputError(
@@ -88,6 +100,17 @@ class Card:
                 f"{where}: the banks' preprocessing {self.preprocessing} differs from this code's "
                 f"{preprocessing()}; rebuild the banks (dvc repro) with this version"
             )
+
+
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """exdd-model/1 cards hold the test set's F1-optimal thresholds: kept, and said to be the oracle's."""
+    return {
+        **data,
+        "format": CARD_FORMAT,
+        "oracle_thresholds": dict(data.get("thresholds") or {}),
+        "threshold_rule": data.get("threshold_rule", ORACLE_RULE_V1),
+        "calibration": {"images": 0, "note": "exdd-model/1 card: thresholds are the test set's (oracle)"},
+    }
 
 
 def write_card(path: Path, card: Card) -> None:
@@ -110,17 +133,20 @@ def load_card(path: Path) -> Card:
 
 def build_card(
     metrics: dict[str, Any],
-    thresholds: dict[str, float | None],
-    test_attrs: dict[str, Any],
+    result: EvalResult,
     settings: dict[str, Any],
     seed: int,
-    map_range: tuple[float, float],
     comparable_to_paper: bool,
 ) -> Card:
-    """The card of one evaluate run, from its metrics, thresholds, the test store's provenance and the
-    scoring settings."""
+    """The card of one evaluate run (`result`: evaluation.report.EvalResult), from its metrics, thresholds,
+    the test store's provenance and the scoring settings."""
+    test_attrs, map_range = result.test_attrs, result.map_range
+    calibrated = metrics["calibration"].get("images", 0) > 0
     return Card(
-        thresholds=dict(thresholds),
+        thresholds=dict(result.thresholds),
+        threshold_rule=THRESHOLD_RULE if calibrated else ORACLE_RULE_V1 + " (no calibration images)",
+        oracle_thresholds=dict(result.oracle_thresholds),
+        calibration=metrics["calibration"],
         test_images=metrics.get("test_images"),
         scoring={k: settings[k] for k in SCORING_KEYS},
         features={k: test_attrs.get(k) for k in FEATURE_KEYS},

@@ -59,10 +59,11 @@ def _threshold(args: argparse.Namespace, card: Card, mode: str) -> float | None:
 def cmd_score(args: argparse.Namespace) -> str:
     """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
     from exdd_core.data.imageio import save_png
-    from exdd_core.evaluation.overlay import overlay
+    from exdd_core.evaluation.overlay import annotate, overlay
     from exdd_core.runtime.device import resolve_device
     from exdd_core.scoring.card import load_card
     from exdd_core.scoring.model import FALLBACK_NOTE
+    from exdd_core.serve.export import CARD_FILE, is_export, load_exported_card, open_exported
     from exdd_core.serve.inference import (
         check_sizes,
         expand_inputs,
@@ -73,19 +74,20 @@ def cmd_score(args: argparse.Namespace) -> str:
     )
 
     paths = expand_inputs(args.images)
-    card_path = find_card(args.banks, args.model)
-    card = load_card(card_path)
+    exported = args.model is not None and is_export(args.model)
+    card_path = args.model / CARD_FILE if exported else find_card(args.banks, args.model)
+    card = load_exported_card(args.model) if exported else load_card(card_path)
     size = card.image_size
     if not args.resize:
         check_sizes(paths, size)  # type: ignore[arg-type]
     device = resolve_device(args.device, "--device")
-    scorer = open_scorer(args.banks, card_path, device)
+    scorer = open_exported(args.model, device) if exported else open_scorer(args.banks, card_path, device)
     mode = args.mode or card.scoring["mode"]
     thr = _threshold(args, card, mode)
     lo, hi = card.map_range
     log.info(
         "banks %s, card %s: %s, weights %s, image size %sx%s, ExDD mode %s, threshold %s",
-        args.banks,
+        args.model if exported else args.banks,
         card_path,
         card.backbone["name"],
         card.features["weights_id"],
@@ -107,7 +109,10 @@ def cmd_score(args: argparse.Namespace) -> str:
         decision = "" if thr is None else ("defective" if s >= thr else "normal")
         flagged += decision == "defective"
         if not args.no_overlays:
-            save_png(out / "overlays" / name, overlay(scored.image, map_at_image_size(scored), lo, hi))
+            over = overlay(scored.image, map_at_image_size(scored), lo, hi)
+            thr_text = "none" if thr is None else f"{thr:.4g}"
+            lines = [path.name, f"ExDD ({mode}) {s:.4g}, thr {thr_text}", f"-> {decision or 'no threshold'}"]
+            save_png(out / "overlays" / name, annotate(over, lines, lo, hi, font_size=12))
         rows.append(
             {
                 "image": str(path),
@@ -180,6 +185,19 @@ def _print_table(title: str, info: dict[str, Any]) -> None:
     Console(width=120).print(table)  # stdout: the answer, where logs and progress go to stderr
 
 
+def cmd_export(args: argparse.Namespace) -> str:
+    from exdd_core.serve.export import export_model
+    from exdd_core.serve.inference import find_card
+
+    card_path = find_card(args.banks, args.model)
+    export = export_model(args.banks, card_path, args.out)
+    rows = export["bank_rows"]
+    return (
+        f"exported {args.banks} ({rows['normal']} + {rows['defect']} rows, {export['bank_dtype']}) with "
+        f"{card_path} -> {args.out}; score with: exdd score --model {args.out} <images>"
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> str:
     from exdd_core.scoring.card import load_card
 
@@ -218,14 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="deployment card written by evaluate (default: <banks>/../eval/model.json, else eval/model.json)",
+        help="deployment card written by evaluate (default: <banks>/../eval/model.json, else eval/model.json), "
+        "or a folder written by `exdd export` (then --banks is not used)",
     )
     sc.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     sc.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="decision threshold (default: the card's F1-optimal one)",
+        help="decision threshold (default: the card's, calibrated on held-out normal training images)",
     )
     sc.add_argument(
         "--mode",
@@ -241,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
     sc.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
     sc.set_defaults(func=cmd_score)
+
+    ex = sub.add_parser(
+        "export",
+        help="write banks, backbone and card as one folder that scores without DVC or the repo",
+        description="Export the banks and scorer: `exdd score --model <out>` then works with only exdd installed.",
+    )
+    ex.add_argument(
+        "--banks", type=Path, default=Path("banks"), help="folder with normal.zarr and defect.zarr"
+    )
+    ex.add_argument("--model", type=Path, default=None, help="deployment card (default: as `exdd score`)")
+    ex.add_argument(
+        "--out", type=Path, required=True, help="the export folder to write (replaced if it exists)"
+    )
+    ex.set_defaults(func=cmd_export)
 
     inf = sub.add_parser(
         "info",

@@ -124,12 +124,18 @@ def open_scorer(banks: Path, card_path: Path, device: str = "cpu") -> Scorer:
     check_compatible(
         bn.attrs, rebuilt, f"normal bank ({bn.path}) and the backbone rebuilt here", (*EXTRACTOR_KEYS, "grid")
     )
-    projection = None
-    if feats["projection_seed"] is not None:  # as write_store: stores hold projections iff it has a seed
-        mat = projection_matrix(extractor.dim, feats["stored_dim"], feats["projection_seed"])
-        projection = torch.as_tensor(mat, device=extractor.device)
     model = ExddModel.from_stores(bn, bp, ScoringSettings.from_params(card.scoring), device)
-    return Scorer(card, extractor, model, projection, np.dtype(feats["dtype"]))
+    return Scorer(card, extractor, model, projection_for(card, extractor), np.dtype(feats["dtype"]))
+
+
+def projection_for(card: Card, extractor: PatchFeatureExtractor) -> torch.Tensor | None:
+    """The projection the stores applied (features.store_dim), or None: stores hold projections iff the
+    card's features have a projection seed (as write_store)."""
+    feats = card.features
+    if feats["projection_seed"] is None:
+        return None
+    mat = projection_matrix(extractor.dim, feats["stored_dim"], feats["projection_seed"])
+    return torch.as_tensor(mat, device=extractor.device)
 
 
 def image_rows(scorer: Scorer, image: np.ndarray) -> np.ndarray:
