@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -256,13 +257,16 @@ def test_info_on_banks_and_features(project) -> None:
 def test_plots_exist_parse_and_render(project) -> None:
     root, env = project
     plots = root / "eval" / "plots"
-    for name in ("roc", "pr", "pixel_roc"):
-        for method in ("exdd", "patchcore"):
-            rows = list(csv.DictReader((plots / f"{name}_{method}.csv").open()))
-            assert len(rows) >= 2 and all(np.isfinite(float(v)) for r in rows for v in r.values())
+    for name in ("roc", "pr", "pixel_roc", "pro"):
+        rows = list(csv.DictReader((plots / f"{name}.csv").open()))
+        methods = {r["method"] for r in rows}
+        assert len(methods) == 2 and any(m.startswith("ExDD (") for m in methods), methods
+        assert any("PatchCore (AU" in m or "PatchCore (AP" in m for m in methods), methods  # the figure named
+        assert all(np.isfinite(float(v)) for r in rows for k, v in r.items() if k != "method")
     for method in ("exdd", "patchcore"):
         rows = list(csv.DictReader((plots / f"dist_{method}.csv").open()))
         assert sum(float(r["defective"]) for r in rows) == pytest.approx(1.0)
+        assert len({r["threshold"] for r in rows}) == 1 and float(rows[0]["threshold"]) > 0
     with Image.open(root / "eval" / "heatmaps.png") as im:
         assert im.width > im.height > 0
 
@@ -271,12 +275,15 @@ def test_plots_exist_parse_and_render(project) -> None:
     shown = json.loads(p.stdout)
     assert not shown.get("errors"), shown.get("errors")
     names = set(shown.get("data", shown))
-    for title in ("Pixel ROC (ExDD vs PatchCore)", "eval/heatmaps.png"):
+    for title in ("Pixel ROC, ExDD vs PatchCore", "eval/heatmaps.png"):
         assert any(title in n for n in names), names
     p = subprocess.run(
         ["dvc", "plots", "show", "-o", "html"], cwd=root, env=env, capture_output=True, text=True
     )
     assert p.returncode == 0 and (root / "html" / "index.html").is_file(), p.stderr[-3000:]
+    page = (root / "html" / "index.html").read_text()
+    assert not re.search(r"<script[^>]*src=", page)  # no script from a CDN (or anywhere): all inline
+    assert "vegaEmbed" in page and page.count("<script>") >= 3  # Vega, Vega-Lite, Vega-Embed inline
 
 
 def test_export_scores_like_the_banks_without_dvc(mini: Path, tmp_path: Path) -> None:

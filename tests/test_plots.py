@@ -15,7 +15,7 @@ from sklearn.metrics import roc_curve
 from exdd_core.evaluation import pixel_metrics as metrics
 from exdd_core.evaluation.heatmaps import _case_title
 from exdd_core.evaluation.pixel_metrics import pixel_report
-from exdd_core.evaluation.report import score_histogram
+from exdd_core.evaluation.plots import score_histogram
 from exdd_core.runtime.errors import ParamError
 
 

@@ -22,6 +22,7 @@ COPY = [
     "exdd_core",
     "data/raw",
     ".dvc/config",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]

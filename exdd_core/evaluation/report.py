@@ -15,8 +15,9 @@ from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import SYNTHETIC_PREFIX, read_manifest
 from exdd_core.evaluation.calibration import calibration_ids, line_rates, threshold_at_fpr
 from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
-from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
-from exdd_core.evaluation.pixel_metrics import PixelReport, pixel_report
+from exdd_core.evaluation.image_metrics import image_metrics
+from exdd_core.evaluation.pixel_metrics import pixel_report
+from exdd_core.evaluation.plots import write_plot_data
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.choices import SCORE_MODES as MODES
@@ -126,11 +127,12 @@ def evaluate(
         )
     ids = list(ts.images)
     scores["exdd"] = scores[default]
-    _write_outputs(out_dir, ids, labels, scores)
-    _write_pixel_curves(out_dir / "plots", {"exdd": px_exdd, "patchcore": px_pc})
+    _write_scores(out_dir, ids, labels, scores)
     oracle = f1_thresholds(labels, scores)
     held_out = _held_out_scores(model, normal_features, eval_params["calibration_fraction"], seed)
     thresholds, metrics["calibration"] = _calibrate(held_out, oracle, labels, scores, eval_params, default)
+    pixel = {"exdd": px_exdd, "patchcore": px_pc}
+    write_plot_data(out_dir / "plots", labels, scores, default, metrics, pixel, thresholds)
     thr = thresholds[default]
     lo, hi = (float(v) for v in np.percentile(maps_exdd, HEATMAP_RANGE_PERCENTILES))
     write_heatmaps(
@@ -234,58 +236,10 @@ def _pixel_block(m: dict[str, float]) -> dict[str, float | None]:
     return {"pixel_auroc": _round(m["auroc"]), "pixel_ap": _round(m["ap"]), "aupro": _round(m["aupro"])}
 
 
-def _write_outputs(out_dir: Path, ids: list[str], labels: np.ndarray, scores: dict) -> None:
-    """scores.csv (per image, every score), ROC/PR curves and score distributions for DVC plots."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_scores(out_dir: Path, ids: list[str], labels: np.ndarray, scores: dict) -> None:
+    """scores.csv: per image, its label and every score."""
     rows = [
         {"image": i, "label": int(labels[k]), **{m: f"{scores[m][k]:.8g}" for m in scores}}
         for k, i in enumerate(ids)
     ]
     write_csv_atomic(out_dir / "scores.csv", rows)
-    plots = out_dir / "plots"
-    for name, key in (("exdd", "exdd"), ("patchcore", "patchcore")):
-        if len(np.unique(labels)) == 2:
-            write_csv_atomic(plots / f"roc_{name}.csv", roc_points(labels, scores[key]))
-            write_csv_atomic(plots / f"pr_{name}.csv", pr_points(labels, scores[key]))
-    dist = [
-        {
-            "image": i,
-            "label": "defective" if labels[k] else "normal",
-            "exdd": float(scores["exdd"][k]),
-            "patchcore": float(scores["patchcore"][k]),
-        }
-        for k, i in enumerate(ids)
-    ]
-    write_csv_atomic(plots / "scores.csv", dist)
-    for name in ("exdd", "patchcore"):
-        write_csv_atomic(plots / f"dist_{name}.csv", score_histogram(labels, scores[name]))
-
-
-def _write_pixel_curves(plots: Path, reports: dict[str, PixelReport]) -> None:
-    """Pixel ROC and PRO curve per method (none when the test set has no defect pixels: no curve)."""
-    for name, rep in reports.items():
-        if rep.roc:
-            write_csv_atomic(plots / f"pixel_roc_{name}.csv", rep.roc)
-        if rep.pro:
-            write_csv_atomic(plots / f"pro_{name}.csv", rep.pro)
-
-
-def score_histogram(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> list[dict[str, float]]:
-    """Score distribution of normal vs defective images on shared bins, as the fraction of each class per
-    bin (the classes differ in size tenfold on KSDD2, so raw counts would flatten the defective curve)."""
-    s = np.asarray(scores, dtype=np.float64)
-    lo, hi = float(s.min()), float(s.max())
-    if not hi > lo:
-        hi = lo + 1.0
-    # ratio scores can span decades (s_P + eps near 0): log-spaced bins keep the bulk visible
-    log_bins = lo > 0 and hi / lo > 100
-    edges = np.geomspace(lo, hi, bins + 1) if log_bins else np.linspace(lo, hi, bins + 1)
-    frac: dict[str, np.ndarray] = {}
-    for name, cls in (("normal", 0), ("defective", 1)):
-        sel = s[labels == cls]
-        frac[name] = np.histogram(sel, bins=edges)[0] / max(len(sel), 1)
-    centres = np.sqrt(edges[:-1] * edges[1:]) if log_bins else (edges[:-1] + edges[1:]) / 2
-    return [
-        {"score": float(c), "normal": float(frac["normal"][k]), "defective": float(frac["defective"][k])}
-        for k, c in enumerate(centres)
-    ]
