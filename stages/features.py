@@ -56,6 +56,7 @@ def main(which: str) -> str:
         selection=selection,
         mask_threshold=p["bank"]["mask_threshold"] if which == "defect" else None,
         progress=track,
+        batch_size=p["features"]["batch_size"],
     )
     if which == "defect" and summary["rows"] == 0:
         log.warning("no defect patches selected. %s", FALLBACK_NOTE)

@@ -192,12 +192,19 @@ class PatchFeatureExtractor:
         patch_size: int = 3,
         aggregation: Aggregation = "padded_bilinear",
         device: str = "cpu",
+        autocast: bool = False,
     ) -> None:
         self.spec = spec
         self.patch_size = patch_size
         self.aggregation = aggregation
         self.device = device
         self.model = create_backbone(spec, device)
+        self.cuda = str(device).startswith("cuda")
+        # On a GPU: NHWC convolutions (tensor cores) and, with features.autocast, fp16 activations; the
+        # aggregation and everything after stay float32. On a CPU both are off: fp32, bit-stable rows.
+        self.autocast = bool(autocast) and self.cuda
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.channels = list(self.model.feature_info.channels())
         self.reductions = list(self.model.feature_info.reduction())
 
@@ -227,8 +234,11 @@ class PatchFeatureExtractor:
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
         x = to_tensor(images, self.device)
-        maps = self.model(x)
-        return aggregate_patches(list(maps), self.patch_size, self.aggregation)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
+            maps = self.model(x)
+        return aggregate_patches([m.float() for m in maps], self.patch_size, self.aggregation)
 
     def grid_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The patch grid for an image size, by running one blank image (exact for any timm padding rule)."""

@@ -14,7 +14,7 @@ listed in the attribute `unmasked_images`: the bank_defect stage keeps only thos
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from exdd_core.data.imageio import load_image, load_mask
 from exdd_core.data.records import ImageRecord
 from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
+from exdd_core.features.loader import batches
 from exdd_core.features.patches import mask_coverage, to_rows
 from exdd_core.features.projection import project, projection_matrix
 from exdd_core.features.store import StoreWriter
@@ -40,7 +40,8 @@ def make_extractor(backbone: dict, features: dict, seed: int, device: str) -> Pa
     spec = BackboneSpec(
         name=backbone["name"], weights=backbone["weights"], layers=tuple(backbone["layers"]), seed=seed
     )
-    return PatchFeatureExtractor(spec, features["patch_size"], features["aggregation"], device)
+    autocast = bool(features.get("autocast", False))
+    return PatchFeatureExtractor(spec, features["patch_size"], features["aggregation"], device, autocast)
 
 
 def store_attrs(
@@ -64,6 +65,7 @@ def store_attrs(
         "projection_seed": seed if store_dim else None,
         "dtype": features["dtype"],
         "device": extractor.device,
+        "autocast": extractor.autocast,  # fp16 activations were used (CUDA only)
         "source_manifests": {str(p): file_digest(p) for p in manifests},
     }
 
@@ -89,6 +91,7 @@ def write_store(
     selection: str = "all",
     mask_threshold: float | None = 0.5,
     progress: Callable = lambda it, desc, total: it,
+    batch_size: int = 1,
 ) -> dict[str, int]:
     """Extract features of `records` into the store at `out` (committed atomically). Returns row counts."""
     if not records and kind != "defect":  # an empty defect store is legal: the defect bank is then empty
@@ -105,21 +108,11 @@ def write_store(
     attrs["unmasked_images"] = unmasked
     dim = store_dim or extractor.dim
     n_rows = 0
+    per_image = _image_rows(
+        records, extractor, image_size, tuple(grid), selection, mask_threshold, batch_size
+    )
     with StoreWriter(out, dim, features["dtype"], attrs) as writer:
-        for r in progress(records, f"features {kind}", len(records)):
-            img = load_image(r.image_path, image_size)
-            if selection == "bbox_crop" and r.mask_path is not None:
-                rows, pos = _bbox_crop_rows(r, img, extractor)
-            else:
-                patches = extractor(img)  # (1, C, h, w)
-                if tuple(patches.shape[-2:]) != tuple(grid):
-                    raise InputError(f"{r.image_path}: patch grid {tuple(patches.shape[-2:])} != {grid}")
-                rows = to_rows(patches)
-                pos = torch.arange(rows.shape[0])
-                if selection == "mask" and r.mask_path is not None:
-                    mask = torch.as_tensor(load_mask(r.mask_path, image_size))
-                    keep = mask_coverage(mask, grid).reshape(-1).to(rows.device) >= mask_threshold
-                    rows, pos = rows[keep], pos[keep.cpu()]
+        for r, rows, pos in progress(per_image, f"features {kind}", len(records)):
             if proj is not None:
                 rows = project(rows, proj)
             writer.add(r.id, rows.float().cpu().numpy(), pos.numpy())
@@ -127,8 +120,41 @@ def write_store(
     return {"images": len(records), "rows": n_rows}
 
 
-def _bbox_crop_rows(r: ImageRecord, img: np.ndarray, extractor: PatchFeatureExtractor):
-    mask = load_mask(r.mask_path, img.shape[:2])
+def _image_rows(
+    records: list[ImageRecord],
+    extractor: PatchFeatureExtractor,
+    image_size: tuple[int, int],
+    grid: tuple[int, int],
+    selection: str,
+    mask_threshold: float | None,
+    batch_size: int,
+) -> Iterator[tuple[ImageRecord, torch.Tensor, torch.Tensor]]:
+    """(record, rows (n, C), grid positions (n,)) per image, in order; the backbone runs `batch_size` images
+    at a time (bbox crops, each of its own size, one at a time)."""
+    for batch in batches(records, image_size, batch_size, masks=selection != "all"):
+        whole = [b for b in batch if not (selection == "bbox_crop" and b.mask is not None)]
+        patches = extractor(np.stack([b.image for b in whole])) if whole else None  # (B, C, h, w)
+        if patches is not None and tuple(patches.shape[-2:]) != grid:
+            raise InputError(
+                f"{whole[0].record.image_path}: patch grid {tuple(patches.shape[-2:])} != {grid}"
+            )
+        k = 0
+        for b in batch:
+            if selection == "bbox_crop" and b.mask is not None:
+                yield (b.record, *_bbox_crop_rows(b.image, b.mask, extractor))
+                continue
+            rows = to_rows(patches[k : k + 1])
+            k += 1
+            pos = torch.arange(rows.shape[0])
+            if selection == "mask" and b.mask is not None:
+                keep = (
+                    mask_coverage(torch.as_tensor(b.mask), grid).reshape(-1).to(rows.device) >= mask_threshold
+                )
+                rows, pos = rows[keep], pos[keep.cpu()]
+            yield b.record, rows, pos
+
+
+def _bbox_crop_rows(img: np.ndarray, mask: np.ndarray, extractor: PatchFeatureExtractor):
     box = _largest_region_bbox(mask)
     if box is None:
         return torch.zeros((0, extractor.dim)), torch.zeros(0, dtype=torch.long)

@@ -168,6 +168,8 @@ SCHEMA: dict[str, Any] = {
         "aggregation": choice(*c.AGGREGATIONS),
         "store_dim": optional(integer(1)),
         "dtype": choice(*c.STORE_DTYPES),
+        "batch_size": integer(1, 4096),
+        "autocast": boolean(),
     },
     "bank": {
         "normal_ratio": number(0.0, 1.0, lo_open=True),

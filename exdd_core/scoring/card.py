@@ -24,7 +24,7 @@ CARD_FORMAT = "exdd-model/2"
 OLD_FORMATS = ("exdd-model/1",)  # read and migrated by Card.from_dict
 CARD_NAME = "model.json"
 # Feature provenance copied from the test store into the card: what decides the feature space and grid.
-FEATURE_KEYS = (*COMPAT_KEYS, "weights", "channels", "feature_dim")
+FEATURE_KEYS = (*COMPAT_KEYS, "weights", "channels", "feature_dim", "autocast")
 SCORING_KEYS = ("mode", "neighbors", "eps", "sigma", "map_reweight", "map_8bit")
 THRESHOLD_RULE = (
     "calibrated on normal training images held out of the normal bank: at most calibration.target_fpr of them "

@@ -118,7 +118,11 @@ def open_scorer(banks: Path, card_path: Path, device: str = "cpu") -> Scorer:
     check_compatible(feats, bp.attrs, f"deployment card ({card_path}) and defect bank ({bp.path})")
     bb = card.backbone
     backbone = {**bb, "weights": _resolve_weights(bb["weights"], card_path)}
-    features = {"patch_size": feats["patch_size"], "aggregation": feats["aggregation"]}
+    features = {
+        "patch_size": feats["patch_size"],
+        "aggregation": feats["aggregation"],
+        "autocast": bool(feats.get("autocast")),  # as the banks were extracted (None in older cards: off)
+    }
     extractor = make_extractor(backbone, features, int(bb["seed"]), device)
     rebuilt = {**extractor.provenance(), "grid": list(extractor.grid_for(card.image_size))}
     check_compatible(
