@@ -13,6 +13,7 @@ from exdd_core.banks.holdout import calibration_ids
 from exdd_core.banks.knn import Bank
 from exdd_core.banks.purify import defect_row_filter
 from exdd_core.features.store import Store
+from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
@@ -25,6 +26,8 @@ def main(which: str) -> str:
     p = load_params()
     b = p["bank"]
     device = resolve_device(b["device"], "bank.device")
+    ranks = distributed.init(device)  # under torchrun: the rows are sharded over the ranks
+    device = distributed.local_device(device, ranks)
     Path("banks").mkdir(exist_ok=True)
     out = Path("banks") / f"{which}.zarr"
     features = Path("features") / f"{which}.zarr"
@@ -53,15 +56,24 @@ def main(which: str) -> str:
         device=device,
         counter=counter,
         keep=keep,
+        ranks=ranks,
     )
+    if not ranks.main:
+        return f"rank {ranks.rank}: coreset picks of rows shard {ranks.rank + 1}/{ranks.world} on {device}"
     if res["rows"] == 0:
         log.warning(FALLBACK_NOTE if which == "defect" else "normal bank is empty")
     return (
         f"{out}: {res['rows']} of {res['source_rows']} rows, coverage radius {res['coverage_radius']}, "
-        f"device={device}{note}"
+        f"device={device}, {ranks.world} rank(s){note}"
     )
 
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else ""
-    run_stage(f"bank_{which}", lambda: main(which))
+    code = distributed.relaunch_if_requested()  # EXDD_NPROC > 1: this command again, under torchrun
+    if code is not None:
+        sys.exit(code)
+    try:
+        run_stage(f"bank_{which}", lambda: main(which))
+    finally:
+        distributed.finish()

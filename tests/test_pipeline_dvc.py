@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -312,3 +313,28 @@ def test_a_failed_evaluate_leaves_the_previous_results(project):
     finally:
         run(["git", "checkout", "--", "."], root, env)
         run(["dvc", "checkout", "--force"], root, env)
+
+
+def test_two_process_features_equal_one_process_and_dvc_stays_clean(project):
+    """EXDD_NPROC=2: the features stage relaunches itself under torchrun (gloo, loopback), each rank extracts
+    half the images, rank 0 merges: the store is the single-process store (same rows, order, attributes),
+    so `dvc status` stays clean - the number of processes is an execution setting, not a param."""
+    from exdd_core.features.store import Store
+
+    root, env = project
+    before = Store(root / "features" / "test.zarr")
+    rows, attrs = before.read_all(), dict(before.attrs)
+    env2 = {**env, "EXDD_NPROC": "2", "EXDD_DIST_PORT": "29611"}
+    out = run([sys.executable, "stages/features.py", "test"], root, env2)
+    log = " ".join(out.split())
+    assert "2 ranks on cpu, cpu merged into features/test.zarr" in log, log[-2000:]
+    after = Store(root / "features" / "test.zarr")
+    np.testing.assert_array_equal(after.read_all(), rows)
+    assert dict(after.attrs) == attrs
+    assert "up to date" in run(["dvc", "status"], root, env).lower()
+    assert not list((root / "features").glob(".test.zarr.partial-*"))
+    # the coreset too: rows sharded over 2 ranks, the picks (and so the bank) of one process
+    bank = Store(root / "banks" / "normal.zarr").read_all()
+    run([sys.executable, "stages/bank.py", "normal"], root, {**env2, "EXDD_DIST_PORT": "29612"})
+    np.testing.assert_array_equal(Store(root / "banks" / "normal.zarr").read_all(), bank)
+    assert "up to date" in run(["dvc", "status"], root, env).lower()

@@ -7,23 +7,39 @@ from pathlib import Path
 
 import numpy as np
 
-from exdd_core.banks.coreset import coreset_size, greedy_coreset
+from exdd_core.banks.coreset import coreset_size, greedy_coreset, start_index
+from exdd_core.banks.distributed import greedy_sharded
 from exdd_core.features.projection import project, projection_matrix
 from exdd_core.features.store import Store, StoreWriter
+from exdd_core.runtime.distributed import Ranks, shard_bounds
 
 
-def project_store(store: Store, dim: int, seed: int) -> np.ndarray:
-    """All rows of the store projected to `dim` (float32), one chunk in memory at a time.
+def project_store(store: Store, dim: int, seed: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """The store's rows (all, or the sorted row indices `rows`) projected to `dim` (float32), one chunk in
+    memory at a time. Each chunk is projected whole, so a row's projection is the same bits whichever rows
+    are asked for (a sharded coreset must see the values one process sees).
 
     If the store already holds rows of at most `dim` dimensions (features.store_dim), they are used as is.
     """
+    wanted = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
     if store.dim <= dim:
-        return store.read_all()
+        return store.read_all() if rows is None else store.take(wanted)
     mat = projection_matrix(store.dim, dim, seed)
-    out = np.empty((len(store), dim), dtype=np.float32)
+    out = np.empty((len(wanted), dim), dtype=np.float32)
     for a, block in store.iter_blocks():
-        out[a : a + len(block)] = project(block, mat)
+        lo, hi = np.searchsorted(wanted, [a, a + len(block)])
+        if hi > lo:
+            out[lo:hi] = project(block, mat)[wanted[lo:hi] - a]
     return out
+
+
+def _select(proj: np.ndarray, k: int, seed: int, method: str, device: str, counter: Callable | None):
+    """The coreset of the projected rows, with a progress bar of the picks when `counter` is given."""
+    if counter is None:
+        return greedy_coreset(proj, k, seed=seed, method=method, device=device)
+    with counter("coreset picks", k) as advance:
+        advance(1)  # the seeded random start is the first pick
+        return greedy_coreset(proj, k, seed=seed, method=method, device=device, progress=advance)
 
 
 def build_bank(
@@ -38,6 +54,7 @@ def build_bank(
     device: str = "cpu",
     counter: Callable | None = None,
     keep: np.ndarray | None = None,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Select the coreset of a feature store (of its rows where `keep` (rows,) is True, when given: see
     banks.purify) and write it as a bank store. Returns a summary."""
@@ -62,16 +79,17 @@ def build_bank(
         ) as w:
             w.add("bank", np.zeros((0, store.dim), np.float32))
         return {"rows": 0, "source_rows": len(store), "candidate_rows": 0, "coverage_radius": None}
-    proj = project_store(store, projection_dim, seed)
-    if keep is not None:
-        proj = proj[candidates]
-    if counter is not None:
-        with counter("coreset picks", k) as advance:
-            advance(1)  # the seeded random start is the first pick
-            res = greedy_coreset(proj, k, seed=seed, method=method, device=device, progress=advance)
+    if ranks is not None and ranks.world > 1:  # rows sharded over the ranks (banks.distributed)
+        lo, hi = shard_bounds(n, ranks.world, ranks.rank)
+        shard = project_store(store, projection_dim, seed, candidates[lo:hi])
+        res = greedy_sharded(shard, lo, n, k, start_index(n, seed))
+        del shard
+        if not ranks.main:
+            return {"rows": k, "source_rows": len(store), "candidate_rows": n, "coverage_radius": res.radius}
     else:
-        res = greedy_coreset(proj, k, seed=seed, method=method, device=device)
-    del proj
+        proj = project_store(store, projection_dim, seed, None if keep is None else candidates)
+        res = _select(proj, k, seed, method, device, counter)
+        del proj
     order = candidates[np.sort(res.indices)]
     rows = store.take(order)
     attrs["coverage_radius"] = res.radius

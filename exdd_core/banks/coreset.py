@@ -26,6 +26,11 @@ def coreset_size(n: int, ratio: float, min_size: int) -> int:
     return min(n, max(int(min_size), int(ratio * n)))
 
 
+def start_index(n: int, seed: int) -> int:
+    """The seeded random first pick of a coreset of n rows (every method, every rank, the same)."""
+    return int(np.random.default_rng(seed).integers(n))
+
+
 def greedy_coreset(
     x: np.ndarray,
     k: int,
@@ -44,7 +49,7 @@ def greedy_coreset(
         return CoresetResult(np.empty(0, dtype=np.int64), 0.0)
     if not np.all(np.isfinite(x)):
         raise ValueError("coreset input contains NaN or Inf")
-    start = int(np.random.default_rng(seed).integers(n))
+    start = start_index(n, seed)
     if method == "auto":
         method = "plain" if device.startswith("cuda") else "pruned"
     if method == "plain":

@@ -1,0 +1,64 @@
+"""Greedy k-center with the rows sharded over the ranks of a torch.distributed group (gloo on CPUs, NCCL on
+GPUs): for banks that do not fit one device. Each rank keeps its rows' distances to the coreset; a pick is
+every rank's local farthest row, gathered, the global farthest taken (ties: the lowest global index, as
+np.argmax), and the chosen row broadcast from its owner. Distances come from `greedy.row_distances`, so the
+picks equal `greedy_plain`'s index for index (design.md, "Scaling past one process")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from exdd_core.banks.greedy import CoresetResult, row_distances
+from exdd_core.runtime.distributed import shard_bounds as shard_bounds
+
+
+def greedy_sharded(
+    x_shard: np.ndarray,
+    offset: int,
+    n: int,
+    k: int,
+    start: int,
+    progress: Callable[[int], None] | None = None,
+) -> CoresetResult:
+    """The greedy k-center of all n rows, this rank holding rows [offset, offset + len(x_shard)). Every rank
+    calls it (a collective); every rank returns the same picks (global indices, pick order) and radius."""
+    world = dist.get_world_size()
+    x = np.ascontiguousarray(x_shard, dtype=np.float32)
+    dim = x.shape[1]
+    k = min(k, n)
+    sel = np.empty(k, dtype=np.int64)
+
+    def row_of(i: int) -> np.ndarray:
+        """Row i (global) on every rank: its owner sends it; a sum with zeros from everyone else."""
+        buf = torch.zeros(dim, dtype=torch.float32)
+        if offset <= i < offset + len(x):
+            buf += torch.from_numpy(x[i - offset])
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        return buf.numpy()
+
+    sel[0] = start
+    min_d = row_distances(x, row_of(start)) if len(x) else np.zeros(0, np.float32)
+    for t in range(1, k):
+        local = np.array([-1.0, float(n)], dtype=np.float64)  # (distance, -) of an empty shard never wins
+        if len(min_d):
+            j = int(np.argmax(min_d))
+            local = np.array([float(min_d[j]), float(offset + j)], dtype=np.float64)
+        gathered = [torch.zeros(2, dtype=torch.float64) for _ in range(world)]
+        dist.all_gather(gathered, torch.from_numpy(local))
+        cand = torch.stack(gathered).numpy()
+        best = cand[:, 0].max()
+        i = int(cand[cand[:, 0] == best, 1].min())  # ties: the lowest global index
+        sel[t] = i
+        if len(x):
+            np.minimum(min_d, row_distances(x, row_of(i)), out=min_d)
+        else:
+            row_of(i)
+        if progress is not None:
+            progress(1)
+    radius = torch.tensor([float(min_d.max()) if len(min_d) else 0.0], dtype=torch.float64)
+    dist.all_reduce(radius, op=dist.ReduceOp.MAX)
+    return CoresetResult(sel, float(radius.item()))

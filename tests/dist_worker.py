@@ -1,0 +1,33 @@
+"""Bodies of the 2-process gloo tests (run under torch.multiprocessing): each rank writes its result to a
+file, which the test compares with the single-process result."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=120)
+    )
+
+
+def coreset(rank: int, world: int, port: int, x_path: str, k: int, start: int, out: str) -> None:
+    from exdd_core.banks.distributed import greedy_sharded, shard_bounds
+
+    init(rank, world, port)
+    try:
+        x = np.load(x_path)
+        a, b = shard_bounds(len(x), world, rank)
+        res = greedy_sharded(x[a:b], a, len(x), k, start)
+        Path(f"{out}.{rank}").write_text(json.dumps({"picks": res.indices.tolist(), "radius": res.radius}))
+    finally:
+        dist.destroy_process_group()
