@@ -3,15 +3,12 @@
 Usage: python stages/features.py normal|defect|test
 """
 
-import shutil
 import sys
 from pathlib import Path
 
 from exdd_core.data.records import read_manifest
-from exdd_core.features.extract import make_extractor, write_store
-from exdd_core.features.store import merge_stores
+from exdd_core.features.extract import make_extractor, write_store_sharded
 from exdd_core.runtime import distributed
-from exdd_core.runtime.atomic import partial_path
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
@@ -50,14 +47,11 @@ def main(which: str) -> str:
     selection = p["bank"]["defect_patches"] if which == "defect" else "all"
     OUT.mkdir(exist_ok=True)
     out = OUT / f"{which}.zarr"
-    # Under torchrun each rank extracts a contiguous shard into a store of its own; rank 0 then merges the
-    # shards in order into the output: the same store as one process writes (runtime.distributed).
-    a, b = distributed.shard_bounds(len(records), ranks.world, ranks.rank)
-    target = out if ranks.world == 1 else partial_path(out)
-    summary = write_store(
-        records[a:b],
-        target,
+    summary = write_store_sharded(
+        records,
+        out,
         extractor,
+        ranks,
         image_size=tuple(p["data"]["image_size"]),
         features=p["features"],
         seed=p["seed"],
@@ -68,28 +62,13 @@ def main(which: str) -> str:
         progress=track,
         batch_size=p["features"]["batch_size"],
     )
+    if not ranks.main:
+        return f"rank {ranks.rank}: extracted its shard of {len(records)} images on {device}"
     if ranks.world > 1:
-        summary = merge_shards(target, out, records, selection, ranks, device)
-        if not ranks.main:
-            return f"rank {ranks.rank}: extracted images {a}-{b} into the shared store"
+        log.info("%d ranks on %s merged into %s", ranks.world, ", ".join(summary["devices"]), out)
     if which == "defect" and summary["rows"] == 0:
         log.warning("no defect patches selected. %s", FALLBACK_NOTE)
     return f"{out}: {summary['images']} images, {summary['rows']} rows, device={device}, weights={prov['weights_id']}"
-
-
-def merge_shards(shard: Path, out: Path, records: list, selection: str, ranks, device: str) -> dict:
-    """Rank 0 merges every rank's shard store into `out`; each rank then removes its own shard."""
-    import torch.distributed as dist
-
-    shards: list = [None] * ranks.world
-    dist.all_gather_object(shards, (str(shard), device))
-    if ranks.main:
-        unmasked = [r.id for r in records if r.mask_path is None] if selection != "all" else []
-        rows = merge_stores([Path(s) for s, _ in shards], out, {"unmasked_images": unmasked})
-        log.info("%d ranks on %s merged into %s", ranks.world, ", ".join(d for _, d in shards), out)
-    distributed.barrier()
-    shutil.rmtree(shard, ignore_errors=True)
-    return {"images": len(records), "rows": rows if ranks.main else 0}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ listed in the attribute `unmasked_images`: the bank_defect stage keeps only thos
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
 from exdd_core.features.loader import batches
 from exdd_core.features.patches import mask_coverage, to_rows
 from exdd_core.features.projection import project, projection_matrix
-from exdd_core.features.store import StoreWriter
+from exdd_core.features.store import StoreWriter, merge_stores
+from exdd_core.runtime.atomic import partial_path
+from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import InputError
 from exdd_core.runtime.hashing import file_digest
 
@@ -164,3 +167,29 @@ def _bbox_crop_rows(img: np.ndarray, mask: np.ndarray, extractor: PatchFeatureEx
     crop = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     rows = to_rows(extractor(crop))
     return rows, torch.arange(rows.shape[0])
+
+
+def write_store_sharded(
+    records: list[ImageRecord], out: Path, extractor: PatchFeatureExtractor, ranks: Ranks, **kwargs: Any
+) -> dict[str, Any]:
+    """`write_store` on one process, or on every rank of a torch.distributed group (all call it): each rank
+    extracts a contiguous shard of `records` into a store of its own, rank 0 merges the shards in rank order
+    into `out` - the same store one process writes - and every rank removes its shard. Rank 0's summary
+    adds the device of every rank."""
+    if ranks.world == 1:
+        return {**write_store(records, out, extractor, **kwargs), "devices": [extractor.device]}
+    import torch.distributed as dist
+
+    a, b = shard_bounds(len(records), ranks.world, ranks.rank)
+    shard = partial_path(Path(out))  # names this process: cleaned by the next stage start if it dies
+    write_store(records[a:b], shard, extractor, **kwargs)
+    shards: list[Any] = [None] * ranks.world
+    dist.all_gather_object(shards, (str(shard), extractor.device))
+    rows = 0
+    if ranks.main:
+        selection = kwargs.get("selection", "all")
+        unmasked = [r.id for r in records if r.mask_path is None] if selection != "all" else []
+        rows = merge_stores([Path(s) for s, _ in shards], Path(out), {"unmasked_images": unmasked})
+    dist.barrier()
+    shutil.rmtree(shard, ignore_errors=True)
+    return {"images": len(records), "rows": rows, "devices": [d for _, d in shards]}
