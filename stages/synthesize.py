@@ -4,9 +4,11 @@ Generated samples are also kept in a per-sample cache (synth.cache_dir), so grow
 post-processing (synth.diff_threshold) generates only what was never generated; data/synthetic itself is
 always the complete set, for DVC to track and share."""
 
+import sys
 from pathlib import Path
 
 from exdd_core.data.records import read_manifest
+from exdd_core.runtime import distributed
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import log, run_stage, track
 from exdd_core.synth.cache import SampleCache
@@ -34,6 +36,8 @@ def main() -> str:
     backend = make_backend(s) if s["count"] else None
     cache = SampleCache(s["cache_dir"]) if s["cache_dir"] else None
     OUT.parent.mkdir(parents=True, exist_ok=True)
+    device = getattr(getattr(backend, "settings", None), "device", "cpu")
+    ranks = distributed.init(device)  # under torchrun: each rank generates a shard of the sample indices
     summary = synthesize(
         normal,
         defective,
@@ -50,13 +54,23 @@ def main() -> str:
         cache=cache,
         batch_size=s["batch_size"],
         masks=s["masks"],
+        ranks=ranks,
         log=log.info,
         warn=log.warning,
         progress=track,
     )
     what = backend.describe() if backend is not None else "no backend (synth.count 0)"
-    return f"{what}: " + " ".join(f"{k}={v}" for k, v in summary.items())
+    if not ranks.main:
+        return f"rank {ranks.rank}: generated its shard of {s['count']} samples with {what}"
+    ran = f" on {ranks.world} ranks" if ranks.world > 1 else ""
+    return f"{what}{ran}: " + " ".join(f"{k}={v}" for k, v in summary.items())
 
 
 if __name__ == "__main__":
-    run_stage("synthesize", main)
+    code = distributed.relaunch_if_requested()  # EXDD_NPROC > 1: this command again, under torchrun
+    if code is not None:
+        sys.exit(code)
+    try:
+        run_stage("synthesize", main)
+    finally:
+        distributed.finish()

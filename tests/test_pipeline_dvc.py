@@ -338,3 +338,14 @@ def test_two_process_features_equal_one_process_and_dvc_stays_clean(project):
     run([sys.executable, "stages/bank.py", "normal"], root, {**env2, "EXDD_DIST_PORT": "29612"})
     np.testing.assert_array_equal(Store(root / "banks" / "normal.zarr").read_all(), bank)
     assert "up to date" in run(["dvc", "status"], root, env).lower()
+    # and synthesis: each rank a shard of the sample indices, rank 0 moves them into one folder
+    synthetic = {
+        p.relative_to(root): p.read_bytes() for p in (root / "data" / "synthetic").rglob("*") if p.is_file()
+    }
+    out = run([sys.executable, "stages/synthesize.py"], root, {**env2, "EXDD_DIST_PORT": "29613"})
+    assert "on 2 ranks" in " ".join(out.split())
+    again = {
+        p.relative_to(root): p.read_bytes() for p in (root / "data" / "synthetic").rglob("*") if p.is_file()
+    }
+    assert again == synthetic
+    assert "up to date" in run(["dvc", "status"], root, env).lower()

@@ -91,7 +91,12 @@ def init(device: str) -> Ranks:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            nccl = device.startswith("cuda")
+            if nccl:  # object collectives on NCCL use the current device: this rank's GPU
+                import torch
+
+                torch.cuda.set_device(r.local_rank)
+            dist.init_process_group("nccl" if nccl else "gloo")
     return r
 
 

@@ -15,6 +15,7 @@ experiment - generates only the samples it has never generated. The output folde
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,8 +26,9 @@ import numpy as np
 
 from exdd_core.data.imageio import load_image, load_mask, save_png
 from exdd_core.data.records import SYNTHETIC_PREFIX, ImageRecord, write_manifest
-from exdd_core.runtime.atomic import atomic_dir
+from exdd_core.runtime.atomic import PendingPath, atomic_dir, partial_path
 from exdd_core.runtime.choices import SYNTH_MASKS
+from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import ParamError
 from exdd_core.synth.cache import SampleCache, sample_key, source_digest
 from exdd_core.synth.diffmask import diff_mask, paste_outside
@@ -104,6 +106,7 @@ class _Stats:
     generated: int = 0
     cached: int = 0
     seconds: float = 0.0
+    samples: int = 0  # kept samples of every rank (set by rank 0 when sharded)
 
 
 def _generate(backend: Backend, jobs: list[_Job]) -> list[np.ndarray]:
@@ -149,6 +152,7 @@ def synthesize(
     cache: SampleCache | None = None,
     batch_size: int = 1,
     masks: str = "auto",
+    ranks: Ranks | None = None,
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
     progress: Callable = lambda it, desc, total: it,
@@ -238,27 +242,77 @@ def synthesize(
                     )
             jobs = retry
 
-    with atomic_dir(out) as tmp:
+    # One process: every sample, straight into the output. Under torchrun (`ranks`): each rank generates a
+    # contiguous shard of the indices into a folder of its own; rank 0 then moves them all into the output.
+    world = 1 if ranks is None else ranks.world
+    lo, hi = shard_bounds(count, world, 0 if ranks is None else ranks.rank)
+    pending_dir = PendingPath(out if world == 1 else partial_path(out), directory=True)
+    tmp = pending_dir.tmp
+    try:
         pending: list[_Job] = []
-        for i in progress(range(count), f"synthesize ({backend.name if backend else 'none'})", count):
+        desc = f"synthesize ({backend.name if backend else 'none'})"
+        for i in progress(range(lo, hi), desc, hi - lo):
             pending.append(make_job(i, 0))
             if sum(j.generated is None for j in pending) >= batch_size or len(pending) >= FLUSH_EVERY:
                 finish(pending)
                 pending = []
         finish(pending)
-        records = [done[i][0] for i in sorted(done)]
-        write_manifest(records, tmp / "manifest.csv", tmp)
-        recipes = [done[i][1] for i in sorted(done)]
-        (tmp / "recipes.json").write_text(json.dumps(recipes, indent=1, default=_jsonable))
-    if count:
+        if world == 1:
+            _write_index(tmp, [done[i] for i in sorted(done)])
+            pending_dir.commit()
+        else:
+            _merge_shards(out, tmp, done, stats, ranks)
+    finally:
+        if world > 1 or tmp.exists():
+            pending_dir.abort()
+    if count and (ranks is None or ranks.main):
         _log_timing(log, backend, stats, cache)
     return {
-        "samples": len(done),
+        "samples": stats.samples if world > 1 else len(done),
         "replaced": stats.replaced,
         "dropped": stats.dropped,
         "generated": stats.generated,
         "cached": stats.cached,
     }
+
+
+def _write_index(folder: Path, samples: list[tuple[ImageRecord, dict]]) -> None:
+    """manifest.csv and recipes.json of the samples (in index order) whose files are in `folder`."""
+    write_manifest([rec for rec, _ in samples], folder / "manifest.csv", folder)
+    recipes = [recipe for _, recipe in samples]
+    (folder / "recipes.json").write_text(json.dumps(recipes, indent=1, default=_jsonable))
+
+
+def _merge_shards(out: Path, shard: Path, done: dict, stats: _Stats, ranks: Ranks) -> None:
+    """Every rank's samples, moved by rank 0 into one output folder, indexed in sample order: the folder one
+    process writes. The counts of every rank are summed into `stats` on rank 0."""
+    import torch.distributed as dist
+
+    mine = {
+        i: (rec.id, _rel(rec.image_path, shard), _rel(rec.mask_path, shard), recipe)
+        for i, (rec, recipe) in done.items()
+    }
+    gathered: list[Any] = [None] * ranks.world
+    counts = (stats.replaced, stats.dropped, stats.generated, stats.cached)
+    dist.all_gather_object(gathered, (str(shard), mine, counts))
+    if ranks.main:
+        with atomic_dir(out) as final:
+            samples = {}
+            for shard_dir, items, _ in gathered:
+                for i, (sid, image, mask, recipe) in items.items():
+                    for name in (image, mask):
+                        (final / name).parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(Path(shard_dir) / name, final / name)
+                    samples[i] = (ImageRecord(sid, "train", 1, final / image, final / mask), recipe)
+            _write_index(final, [samples[i] for i in sorted(samples)])
+        sums = [sum(c[k] for _, _, c in gathered) for k in range(4)]
+        stats.replaced, stats.dropped, stats.generated, stats.cached = sums
+        stats.samples = sum(len(items) for _, items, _ in gathered)
+    dist.barrier()
+
+
+def _rel(path: Path | None, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix() if path is not None else ""
 
 
 def _write_sample(tmp: Path, job: _Job, final: np.ndarray, dm: np.ndarray) -> tuple[ImageRecord, dict]:

@@ -73,6 +73,7 @@ class SdxlSettings:
     @classmethod
     def from_params(cls, synth: dict[str, Any]) -> SdxlSettings:
         from exdd_core.runtime.device import resolve_device
+        from exdd_core.runtime.distributed import local_device, ranks
 
         resolution = int(synth["resolution"])
         if resolution % 8:
@@ -86,7 +87,8 @@ class SdxlSettings:
             strength=float(synth["strength"]),
             padding_mask_crop=synth.get("padding_mask_crop"),
             resolution=resolution,
-            device=resolve_device(synth.get("device", "auto"), "synth.device"),
+            # under torchrun, rank r of a node generates on its own GPU, cuda:<local rank>
+            device=local_device(resolve_device(synth.get("device", "auto"), "synth.device"), ranks()),
             batch_size=int(synth.get("batch_size", 1)),
         )
 
@@ -279,7 +281,7 @@ class SdxlBackend:
             "generation": GENERATION_VERSION,
             "model": self.source.identity,
             "variant": self.variant,
-            "device": s.device,
+            "device": s.device.split(":")[0],  # the kind of device: every GPU of a node shares the cache
             "dtype": str(self.dtype).removeprefix("torch."),
             "negative_prompt": s.negative_prompt,
             "steps": s.steps,
