@@ -24,12 +24,14 @@ def main() -> str:
 def run(staged: Path) -> str:
     p = load_params()
     device = resolve_device(p["scoring"]["device"], "scoring.device")
+    fit = json.loads(Path("fusion/fusion.json").read_text())  # lam, cross-fitted by fit_fusion
+    scoring = {**p["scoring"], "fusion": {**p["scoring"]["fusion"], "lam": fit["lam"]}}
     res = evaluate(
         Path("banks/normal.zarr"),
         Path("banks/defect.zarr"),
         Path("features/test.zarr"),
         Path("data/prepared/test/manifest.csv"),
-        p["scoring"],
+        scoring,
         p["eval"],
         device,
         staged,
@@ -65,7 +67,8 @@ def run(staged: Path) -> str:
     (staged / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
     if "note" in m["calibration"]:
         log.warning(m["calibration"]["note"])
-    card = build_card(m, res, p["scoring"], p["seed"], comparable)
+    m["fusion"] = fit
+    card = build_card(m, res, scoring, p["seed"], comparable)
     write_card(staged / "model.json", card)
     e, pc = m["exdd"], m["patchcore"]
     return (

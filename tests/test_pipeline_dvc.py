@@ -47,7 +47,15 @@ def test_every_stage_declares_the_params_it_read(project):
     [
         (
             "exdd_core/features/patches.py",
-            {"features_normal", "features_defect", "features_test", "bank_normal", "bank_defect", "evaluate"},
+            {
+                "features_normal",
+                "features_defect",
+                "features_test",
+                "bank_normal",
+                "bank_defect",
+                "fit_fusion",
+                "evaluate",
+            },
         ),
         ("exdd_core/evaluation/report.py", {"evaluate"}),
     ],
@@ -101,7 +109,8 @@ def test_replacing_a_raw_image_reruns_prepare_and_what_follows(project, tmp_path
 def test_repro_outputs(project):
     root, _ = project
     m = json.loads((root / "metrics.json").read_text())
-    assert set(m["modes"]) == {"paper", "same_patch", "max_ratio"}
+    assert set(m["modes"]) == {"fused", "paper", "same_patch", "max_ratio"} and m["exdd"]["mode"] == "fused"
+    assert m["fusion"]["lam"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) and m["fusion"]["images"]["defective"] == 3
     for block in (m["exdd"], m["patchcore"]):
         assert 0.0 <= block["image_auroc"] <= 1.0 and 0.0 <= block["pixel_auroc"] <= 1.0
     assert m["comparable_to_paper"] is False
@@ -115,9 +124,9 @@ def test_repro_outputs(project):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ("synth.count=3", {"synthesize", "features_defect", "bank_defect", "evaluate"}),
+        ("synth.count=3", {"synthesize", "features_defect", "bank_defect", "fit_fusion", "evaluate"}),
         ("scoring.neighbors=2", {"evaluate"}),
-        ("bank.normal_ratio=0.05", {"bank_normal", "bank_defect", "evaluate"}),
+        ("bank.normal_ratio=0.05", {"bank_normal", "bank_defect", "fit_fusion", "evaluate"}),
     ],
 )
 def test_exp_run_reruns_only_affected_stages(project, change, expected):

@@ -34,6 +34,7 @@ ALL_STAGES = {
     "features_test",
     "bank_normal",
     "bank_defect",
+    "fit_fusion",
     "evaluate",
 }
 

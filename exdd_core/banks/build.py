@@ -33,6 +33,27 @@ def project_store(store: Store, dim: int, seed: int, rows: np.ndarray | None = N
     return out
 
 
+def coreset_rows(
+    store: Store,
+    candidates: np.ndarray,
+    *,
+    ratio: float,
+    min_size: int,
+    projection_dim: int,
+    seed: int,
+    method: str = "auto",
+    device: str = "cpu",
+) -> np.ndarray:
+    """The rows (float32) of the coreset of the store's rows `candidates` (sorted indices), selected as
+    build_bank selects them: for the banks cross-fitting builds without a fold (scoring.crossfit)."""
+    n = len(candidates)
+    if n == 0:
+        return np.zeros((0, store.dim), np.float32)
+    proj = project_store(store, projection_dim, seed, candidates)
+    res = _select(proj, coreset_size(n, ratio, min_size), seed, method, device, None)
+    return store.take(candidates[np.sort(res.indices)])
+
+
 def _select(proj: np.ndarray, k: int, seed: int, method: str, device: str, counter: Callable | None):
     """The coreset of the projected rows, with a progress bar of the picks when `counter` is given."""
     if counter is None:

@@ -193,3 +193,14 @@ def write_store_sharded(
     dist.barrier()
     shutil.rmtree(shard, ignore_errors=True)
     return {"images": len(records), "rows": rows, "devices": [d for _, d in shards]}
+
+
+def rows_as_stored(
+    extractor: PatchFeatureExtractor, image: np.ndarray, projection: torch.Tensor | None, dtype: np.dtype
+) -> np.ndarray:
+    """Patch rows (h*w, d) of one image exactly as a feature store holds them: the extractor's row order,
+    projected when the stores hold projections, rounded to the store's precision (float16 by default)."""
+    rows = to_rows(extractor(image))
+    if projection is not None:
+        rows = project(rows, projection)
+    return rows.float().cpu().numpy().astype(dtype).astype(np.float32)

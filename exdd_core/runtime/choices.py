@@ -14,7 +14,8 @@ Aggregation = Literal["padded_bilinear", "authors_code"]
 StoreDtype = Literal["float16", "float32"]
 CoresetMethod = Literal["auto", "plain", "pruned"]
 DefectPatches = Literal["mask", "bbox_crop"]
-ScoreMode = Literal["paper", "same_patch", "max_ratio"]
+ScoreMode = Literal["fused", "paper", "same_patch", "max_ratio"]
+FusionForm = Literal["tau", "margin"]
 
 DEVICES: tuple[str, ...] = get_args(Device)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
@@ -25,6 +26,8 @@ STORE_DTYPES: tuple[str, ...] = get_args(StoreDtype)
 CORESET_METHODS: tuple[str, ...] = get_args(CoresetMethod)
 DEFECT_PATCHES: tuple[str, ...] = get_args(DefectPatches)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+FUSION_FORMS: tuple[str, ...] = get_args(FusionForm)
+RATIO_MODES: tuple[str, ...] = tuple(m for m in SCORE_MODES if m != "fused")  # the paper's three (dual.py)
 
 # Weights: two named kinds, or a local file with one of these suffixes (safetensors, or torch pickles loaded
 # with weights_only=True).

@@ -186,6 +186,18 @@ SCHEMA: dict[str, Any] = {
     "scoring": {
         "neighbors": integer(1),
         "mode": choice(*c.SCORE_MODES),
+        "fusion": {
+            "form": choice(*c.FUSION_FORMS),
+            "lam": Rule(lambda v: v == "cv" or (_is_num(v) and v >= 0), "a number >= 0 or 'cv'"),
+            "topk": integer(1),
+            "candidates": Rule(
+                lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_num(x) and x >= 0 for x in v),
+                "a non-empty list of numbers >= 0",
+            ),
+            "folds": integer(2, 20),
+            "tolerance": number(0.0),
+            "cell_coverage": number(0.0, 1.0, lo_open=True),
+        },
         "eps": number(0.0, lo_open=True),
         "sigma": number(0.0),
         "map_reweight": boolean(),

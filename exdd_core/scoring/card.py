@@ -25,7 +25,7 @@ OLD_FORMATS = ("exdd-model/1",)  # read and migrated by Card.from_dict
 CARD_NAME = "model.json"
 # Feature provenance copied from the test store into the card: what decides the feature space and grid.
 FEATURE_KEYS = (*COMPAT_KEYS, "weights", "channels", "feature_dim", "autocast")
-SCORING_KEYS = ("mode", "neighbors", "eps", "sigma", "map_reweight", "map_8bit")
+SCORING_KEYS = ("mode", "neighbors", "eps", "sigma", "map_reweight", "map_8bit", "fusion")
 THRESHOLD_RULE = (
     "calibrated on normal training images held out of the normal bank: at most calibration.target_fpr of them "
     "score >= threshold; score >= threshold means defective"
@@ -148,7 +148,7 @@ def build_card(
         oracle_thresholds=dict(result.oracle_thresholds),
         calibration=metrics["calibration"],
         test_images=metrics.get("test_images"),
-        scoring={k: settings[k] for k in SCORING_KEYS},
+        scoring={k: settings.get(k) for k in SCORING_KEYS},
         features={k: test_attrs.get(k) for k in FEATURE_KEYS},
         backbone={
             "name": test_attrs.get("backbone"),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from exdd_core.banks.knn import Bank
-from exdd_core.runtime.choices import SCORE_MODES as MODES
+from exdd_core.runtime.choices import RATIO_MODES as MODES
 
 
 def reweight(s: torch.Tensor, nbr_dists: torch.Tensor, dim: int, *, positive: bool) -> torch.Tensor:
@@ -68,6 +68,7 @@ class ImageScore:
     patchcore_reweighted: float  # w_N * s_N* (PatchCore's full image score)
     ratio_map: np.ndarray  # (h, w) per-position ExDD ratio (eq. 23), before upsampling
     normal_map: np.ndarray  # (h, w) d_N per position: the PatchCore anomaly map
+    defect_map: np.ndarray | None = None  # (h, w) d_P per position (None: empty defect bank)
     fallback: bool = False  # True when the defect bank was empty (design.md, "Empty defect bank")
     details: dict[str, float] = field(default_factory=dict)
 
@@ -115,7 +116,7 @@ def score_image(
     d_p, i_p = d_p[:, 0], i_p[:, 0]
     exdd: dict[str, float] = {}
     details: dict[str, float] = {"s_n_star": patchcore, "w_n": float(w_n_star)}
-    for mode, j_plus in (("paper", int(torch.argmax(d_p))), ("same_patch", j_star)):
+    for mode, j_plus in (("paper", int(torch.argmax(d_p))), ("same_patch", j_star)):  # "fused": ExddModel
         w_p = defect.weights(
             x[j_plus : j_plus + 1], i_p[j_plus : j_plus + 1], d_p[j_plus][None], positive=True
         )
@@ -138,5 +139,6 @@ def score_image(
         patchcore_reweighted=s_n,
         ratio_map=ratio_map,
         normal_map=normal_map,
+        defect_map=d_p.reshape(h, w).cpu().numpy(),
         details=details,
     )

@@ -6,14 +6,17 @@ chain (k-NN -> reweighting -> image score per mode -> upsampled, smoothed map) e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from exdd_core.banks.health import normal_nn_scale
 from exdd_core.features.store import Store
 from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
 from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
+from exdd_core.scoring.fusion import fused_scores
 from exdd_core.scoring.maps import anomaly_map
 
 
@@ -27,9 +30,16 @@ class ScoringSettings:
     sigma: float
     map_reweight: bool
     map_8bit: bool
+    fusion: dict[str, Any] = field(default_factory=lambda: {"form": "tau", "lam": 0.0, "topk": 1})
 
     @classmethod
-    def from_params(cls, scoring: dict[str, Any]) -> ScoringSettings:
+    def from_params(cls, scoring: dict[str, Any], lam: float | None = None) -> ScoringSettings:
+        """From the `scoring` params (or a card's `scoring`); `lam` is the fitted fusion weight when
+        scoring.fusion.lam is `cv` (fit_fusion's output)."""
+        f = scoring.get("fusion") or {"form": "tau", "lam": 0.0, "topk": 1}
+        weight = f["lam"] if lam is None else lam
+        if weight == "cv":
+            raise ValueError("scoring.fusion.lam is 'cv': pass the cross-fitted value (fusion/fusion.json)")
         return cls(
             mode=str(scoring["mode"]),
             neighbors=int(scoring["neighbors"]),
@@ -37,6 +47,7 @@ class ScoringSettings:
             sigma=float(scoring["sigma"]),
             map_reweight=bool(scoring["map_reweight"]),
             map_8bit=bool(scoring["map_8bit"]),
+            fusion={"form": str(f["form"]), "lam": float(weight), "topk": int(f["topk"])},
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,9 +60,13 @@ class ScoredImage:
 
     result: ImageScore
     model: ExddModel
+    fused_map: np.ndarray  # (h, w) d_N / tau_N + lam * defect evidence (scoring.fusion)
 
     def exdd_map(self) -> np.ndarray:
+        """The ExDD map of the reported mode: the fused map for `fused`, else the paper's ratio map."""
         s = self.model.settings
+        if s.mode == "fused":
+            return anomaly_map(self.fused_map, self.model.image_size, s.sigma)
         return anomaly_map(self.result.ratio_map, self.model.image_size, s.sigma, quantize_8bit=s.map_8bit)
 
     def patchcore_map(self) -> np.ndarray:
@@ -78,6 +93,9 @@ class ExddModel:
         self.grid = (int(grid[0]), int(grid[1]))
         self.normal = ScoringBank(normal_rows, settings.neighbors, device)
         self.defect = ScoringBank(defect_rows, settings.neighbors, device) if len(defect_rows) else None
+        # each bank's own scale (median distance of a row to its nearest other row), for the fused score
+        self.tau_n = normal_nn_scale(self.normal.bank) or 1.0
+        self.tau_p = (normal_nn_scale(self.defect.bank) if self.defect is not None else None) or 1.0
 
     @classmethod
     def from_stores(
@@ -100,4 +118,11 @@ class ExddModel:
         """Score one image's patch rows (h*w, d), in the banks' feature space and row order."""
         s = self.settings
         res = score_image(rows, self.grid, self.normal, self.defect, eps=s.eps, map_reweight=s.map_reweight)
-        return ScoredImage(res, self)
+        f = s.fusion
+        d_p = None if res.defect_map is None else torch.as_tensor(res.defect_map.reshape(-1))
+        score, fused = fused_scores(
+            torch.as_tensor(res.normal_map.reshape(-1)), d_p, self.grid,
+            tau_n=self.tau_n, tau_p=self.tau_p, lam=f["lam"], form=f["form"], topk=f["topk"],
+        )  # fmt: skip
+        res.exdd["fused"] = score
+        return ScoredImage(res, self, fused)

@@ -20,9 +20,8 @@ import torch
 
 from exdd_core.data.imageio import image_size_of, load_image
 from exdd_core.features.backbone import PatchFeatureExtractor
-from exdd_core.features.extract import make_extractor
-from exdd_core.features.patches import to_rows
-from exdd_core.features.projection import project, projection_matrix
+from exdd_core.features.extract import make_extractor, rows_as_stored
+from exdd_core.features.projection import projection_matrix
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.choices import IMAGE_SUFFIXES, NAMED_WEIGHTS
 from exdd_core.runtime.errors import InputError, MismatchError
@@ -145,13 +144,11 @@ def projection_for(card: Card, extractor: PatchFeatureExtractor) -> torch.Tensor
 def image_rows(scorer: Scorer, image: np.ndarray) -> np.ndarray:
     """Patch rows of one image exactly as a feature store holds them: the feature stages' extractor and row
     order, projected when the stores hold projections, rounded to the store's precision (float16 by default)."""
-    patches = scorer.extractor(image)
-    if tuple(patches.shape[-2:]) != scorer.model.grid:
-        raise MismatchError(f"patch grid {tuple(patches.shape[-2:])} != the banks' grid {scorer.model.grid}")
-    rows = to_rows(patches)
-    if scorer.projection is not None:
-        rows = project(rows, scorer.projection)
-    return rows.float().cpu().numpy().astype(scorer.dtype).astype(np.float32)
+    rows = rows_as_stored(scorer.extractor, image, scorer.projection, scorer.dtype)
+    h, w = scorer.model.grid
+    if rows.shape[0] != h * w:
+        raise MismatchError(f"{rows.shape[0]} patch rows != the banks' grid {h}x{w}")
+    return rows
 
 
 @dataclass

@@ -1,0 +1,89 @@
+"""Stage fit_fusion: the fusion weight lam of the fused score, cross-fitted on training images only
+(scoring.crossfit) -> fusion/fusion.json. With scoring.fusion.lam a number, that number, unfitted."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exdd_core.banks.holdout import calibration_ids
+from exdd_core.data.imageio import load_image, load_mask
+from exdd_core.data.records import read_manifest
+from exdd_core.features.extract import make_extractor, rows_as_stored
+from exdd_core.features.patches import mask_coverage
+from exdd_core.features.projection import projection_matrix
+from exdd_core.features.store import Store
+from exdd_core.runtime.atomic import write_text_atomic
+from exdd_core.runtime.device import resolve_device
+from exdd_core.runtime.params import load_params
+from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.scoring.crossfit import Fit, fit_lambda, held_out_scores, synth_sources
+
+OUT = Path("fusion/fusion.json")
+
+
+def known_defects(p: dict, grid: tuple[int, int], device: str) -> dict:
+    """Known defective training image id -> (its full patch rows as the stores hold them, the grid cells its
+    mask marks as defect, or None without a mask)."""
+    records = read_manifest(Path("data/prepared/train_defective/manifest.csv"))
+    if not records:
+        return {}
+    feats = p["features"]
+    extractor = make_extractor(p["backbone"], feats, p["seed"], device)
+    projection = None
+    if feats["store_dim"]:
+        projection = torch.as_tensor(
+            projection_matrix(extractor.dim, feats["store_dim"], p["seed"]), device=device
+        )
+    size = tuple(p["data"]["image_size"])
+    cover = p["scoring"]["fusion"]["cell_coverage"]
+    out = {}
+    for r in track(records, "fit_fusion: known defects", len(records)):
+        rows = rows_as_stored(extractor, load_image(r.image_path, size), projection, np.dtype(feats["dtype"]))
+        cells = None
+        if r.mask_path is not None:
+            cov = mask_coverage(torch.as_tensor(load_mask(r.mask_path, size)), grid)
+            cells = (cov.reshape(-1) >= cover).numpy()
+        out[r.id] = (rows, cells)
+    return out
+
+
+def main() -> str:
+    p = load_params()
+    fusion = p["scoring"]["fusion"]
+    if fusion["lam"] != "cv":
+        fit = Fit(float(fusion["lam"]), {}, {}, "fixed by scoring.fusion.lam")
+    elif p["bank"]["defect_patches"] == "bbox_crop":
+        fit = Fit(
+            0.0, {}, {}, "bank.defect_patches bbox_crop keeps no full-image rows to cross-fit on: lam 0"
+        )
+    else:
+        device = resolve_device(p["bank"]["device"], "bank.device")
+        normal = Store(Path("features/normal.zarr"))
+        defect = Store(Path("features/defect.zarr"))
+        held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
+        recipes_path = Path("data/synthetic/recipes.json")
+        recipes = json.loads(recipes_path.read_text()) if recipes_path.is_file() else []
+        defects = known_defects(p, tuple(normal.attrs["grid"]), device)
+        scored = held_out_scores(
+            normal,
+            defect,
+            [i for i in normal.images if i not in held],
+            synth_sources(recipes),
+            defects,
+            p["bank"],
+            fusion["folds"],
+            p["seed"],
+            device,
+        )
+        fit = fit_lambda(scored, fusion)
+    if fit.note:
+        log.info(fit.note)
+    write_text_atomic(OUT, json.dumps(fit.as_dict(), indent=2) + "\n")
+    tried = ", ".join(f"{k}: {v:.4f}" for k, v in fit.criterion.items()) or "none"
+    return f"lam {fit.lam} ({fusion['form']}, top-{fusion['topk']}); cross-fitted criterion {tried} -> {OUT}"
+
+
+if __name__ == "__main__":
+    run_stage("fit_fusion", main)
