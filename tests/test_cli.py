@@ -361,3 +361,22 @@ def test_export_refuses_tampered_files(mini: Path, tmp_path: Path) -> None:
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(MismatchError, match="sha256"):
         open_exported(out)
+
+
+def test_score_on_a_missing_gpu_is_a_clear_error(mini: Path, tmp_path: Path, capsys) -> None:
+    """--device cuda where torch sees no GPU: exit 1 and a message that says so, no traceback; a device that
+    is not a choice is refused by the parser."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    image = str(mini / "img" / "im0.png")
+    with pytest.raises(SystemExit) as stop:
+        main(
+            ["score", image, "--banks", str(mini / "banks"), "--out", str(tmp_path / "o"), "--device", "cuda"]
+        )
+    code = stop.value.code
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "--device = 'cuda', but torch sees no CUDA GPU" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["score", image, "--device", "gpu"])

@@ -246,11 +246,15 @@ def test_mvtec_without_defects_falls_back_to_patchcore_loudly(tmp_path):
 
 def test_mvtec_with_synthesis_paints_into_generated_masks(tmp_path):
     """MVTec AD has no defect masks to inpaint into: synth.masks auto paints into generated blobs, strokes
-    and cracks, so the default synth.count runs and the defect bank holds synthetic rows."""
+    and cracks, so the default synth.count runs and the defect bank holds synthetic rows. Its defective test
+    images here have no masks either: image metrics, null pixel metrics with a note."""
+    import shutil
+
     from tests.test_robustness import _mvtec
     from tests.tiny_project import build_tiny_project
 
     _mvtec(tmp_path / "mvtec")
+    shutil.rmtree(tmp_path / "mvtec" / "ground_truth")  # image-level labels only, as most factory data
     root = tmp_path / "project"
     root.mkdir()
     data = {"source": "mvtec", "root": str(tmp_path / "mvtec"), "image_size": [256, 128]}
@@ -261,6 +265,10 @@ def test_mvtec_with_synthesis_paints_into_generated_masks(tmp_path):
         m["fallback"] is False and m["defect_bank"]["synthetic_rows"] == m["defect_bank"]["defect_rows"] > 0
     )
     assert "generated masks" in " ".join(out.split())
+    assert (
+        m["exdd"]["pixel_auroc"] is None and 0.0 <= m["exdd"]["image_auroc"] <= 1.0
+    )  # no masks: null, noted
+    assert m["pixel_note"].startswith("2 of 2 defective test images have no mask")
 
 
 def test_folder_of_grayscale_images_without_masks_runs_end_to_end(tmp_path):
