@@ -1,10 +1,12 @@
 """Stage evaluate: ExDD (three image-score modes) and one-bank PatchCore on the test set -> metrics.json, eval/."""
 
 import json
+import sys
 from pathlib import Path
 
 from exdd_core.banks.health import MOSTLY_BACKGROUND
 from exdd_core.evaluation.report import evaluate
+from exdd_core.runtime import distributed
 from exdd_core.runtime.atomic import staging_dir
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
@@ -16,14 +18,19 @@ from exdd_core.scoring.model import FALLBACK_NOTE
 def main() -> str:
     """Everything is written to a staging folder and published at the very end, so an evaluate that fails
     leaves the previous results (the outputs are `persist` in dvc.yaml: DVC does not delete them first)."""
+    p = load_params()
+    device = resolve_device(p["scoring"]["device"], "scoring.device")
+    ranks = distributed.init(device)  # under torchrun: each rank scores a shard of the test images
+    device = distributed.local_device(device, ranks)
+    if not ranks.main:
+        run(p, device, ranks, None)
+        return f"rank {ranks.rank}: scored its shard of the test images on {device}"
     with staging_dir(Path("eval")) as staged:
-        summary = run(staged)
+        summary = run(p, device, ranks, staged)
     return summary
 
 
-def run(staged: Path) -> str:
-    p = load_params()
-    device = resolve_device(p["scoring"]["device"], "scoring.device")
+def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> str:
     fit = json.loads(Path("fusion/fusion.json").read_text())  # lam, cross-fitted by fit_fusion
     scoring = {**p["scoring"], "fusion": {**p["scoring"]["fusion"], "lam": fit["lam"]}}
     res = evaluate(
@@ -38,7 +45,10 @@ def run(staged: Path) -> str:
         progress=track,
         normal_features=Path("features/normal.zarr"),
         seed=p["seed"],
+        ranks=ranks,
     )
+    if res is None or staged is None:
+        return ""
     m = res.metrics
     weights = p["backbone"]["weights"]
     comparable = p["data"]["source"] == "ksdd2" and weights != "random"
@@ -104,4 +114,10 @@ def describe_health(h: dict) -> str:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main)
+    code = distributed.relaunch_if_requested()  # EXDD_NPROC > 1: this command again, under torchrun
+    if code is not None:
+        sys.exit(code)
+    try:
+        run_stage("evaluate", main)
+    finally:
+        distributed.finish()

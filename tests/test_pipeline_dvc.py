@@ -332,7 +332,7 @@ def test_a_failed_evaluate_leaves_the_previous_results(project):
         run(["dvc", "checkout", "--force"], root, env)
 
 
-def test_two_process_features_equal_one_process_and_dvc_stays_clean(project):
+def test_two_processes_give_the_one_process_outputs_and_dvc_stays_clean(project):
     """EXDD_NPROC=2: the features stage relaunches itself under torchrun (gloo, loopback), each rank extracts
     half the images, rank 0 merges: the store is the single-process store (same rows, order, attributes),
     so `dvc status` stays clean - the number of processes is an execution setting, not a param."""
@@ -365,4 +365,10 @@ def test_two_process_features_equal_one_process_and_dvc_stays_clean(project):
         p.relative_to(root): p.read_bytes() for p in (root / "data" / "synthetic").rglob("*") if p.is_file()
     }
     assert again == synthetic
+    assert "up to date" in run(["dvc", "status"], root, env).lower()
+    # and evaluate: each rank a shard of the test images, rank 0 gathers and writes every output
+    outputs = ("metrics.json", "eval/scores.csv", "eval/model.json", "eval/heatmaps.png")
+    before = {name: (root / name).read_bytes() for name in outputs}
+    out = run([sys.executable, "stages/evaluate.py"], root, {**env2, "EXDD_DIST_PORT": "29614"})
+    assert {name: (root / name).read_bytes() for name in outputs} == before
     assert "up to date" in run(["dvc", "status"], root, env).lower()

@@ -11,16 +11,17 @@ from typing import Any
 import numpy as np
 
 from exdd_core.banks.health import defect_bank_health
-from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import SYNTHETIC_PREFIX, read_manifest
 from exdd_core.evaluation.calibration import calibration_ids, line_rates, threshold_at_fpr
 from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
 from exdd_core.evaluation.image_metrics import image_metrics
 from exdd_core.evaluation.pixel_metrics import pixel_report
 from exdd_core.evaluation.plots import write_plot_data
+from exdd_core.evaluation.test_set import score_test_set
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.choices import SCORE_MODES as MODES
+from exdd_core.runtime.distributed import Ranks
 from exdd_core.runtime.errors import InputError
 from exdd_core.scoring.model import ExddModel, ScoringSettings
 
@@ -54,11 +55,12 @@ def evaluate(
     scoring: dict,
     eval_params: dict,
     device: str,
-    out_dir: Path,
+    out_dir: Path | None,
     progress: Callable = lambda it, desc, total: it,
     normal_features: Path | None = None,
     seed: int = 0,
-) -> EvalResult:
+    ranks: Ranks | None = None,
+) -> EvalResult | None:
     """Score the test set with ExDD (every mode) and PatchCore; thresholds calibrated on the normal training
     images of `normal_features` that the normal bank held out (none: the oracle thresholds, with a note)."""
     bn, bp, ts = load_banks(normal_bank, defect_bank, test_features)
@@ -72,27 +74,12 @@ def evaluate(
     model = ExddModel.from_stores(bn, bp, settings, device)
     health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp))
     size = model.image_size
-    n = len(ts.images)
-    labels = np.empty(n, dtype=np.int64)
-    scores: dict[str, np.ndarray] = {k: np.empty(n) for k in (*MODES, "patchcore", "patchcore_reweighted")}
-    maps_exdd = np.empty((n, *size), dtype=np.float32)
-    maps_pc = np.empty((n, *size), dtype=np.float32)
-    masks = np.zeros((n, *size), dtype=bool)
-    has_mask = np.zeros(n, dtype=bool)
-    for i, image_id, rows, _ in progress(ts.iter_images(), "evaluate", n):
-        rec = records[image_id]
-        scored = model.score(rows)
-        res = scored.result
-        labels[i] = rec.label
-        for m in MODES:
-            scores[m][i] = res.exdd[m]
-        scores["patchcore"][i] = res.patchcore
-        scores["patchcore_reweighted"][i] = res.patchcore_reweighted
-        maps_exdd[i] = scored.exdd_map()
-        maps_pc[i] = scored.patchcore_map()
-        if rec.mask_path is not None:
-            masks[i] = load_mask(rec.mask_path, size)
-            has_mask[i] = True
+    t = score_test_set(model, ts, records, progress, ranks)
+    if t is None:  # a rank other than 0: its shard went to rank 0, which writes everything
+        return None
+    labels, scores, maps_exdd, maps_pc, masks, has_mask = (
+        t.labels, t.scores, t.maps_exdd, t.maps_pc, t.masks, t.has_mask
+    )  # fmt: skip
 
     default = scoring["mode"]
     # Pixel metrics over the images whose pixels are labelled: normal ones, and defective ones with a mask
