@@ -50,6 +50,7 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
     if res is None or staged is None:
         return ""
     m = res.metrics
+    m["fusion"] = fit
     weights = p["backbone"]["weights"]
     comparable = p["data"]["source"] == "ksdd2" and weights != "random"
     m["profile"] = {
@@ -77,7 +78,6 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
     (staged / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
     if "note" in m["calibration"]:
         log.warning(m["calibration"]["note"])
-    m["fusion"] = fit
     card = build_card(m, res, scoring, p["seed"], comparable)
     write_card(staged / "model.json", card)
     e, pc = m["exdd"], m["patchcore"]
