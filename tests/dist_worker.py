@@ -31,3 +31,18 @@ def coreset(rank: int, world: int, port: int, x_path: str, k: int, start: int, o
         Path(f"{out}.{rank}").write_text(json.dumps({"picks": res.indices.tolist(), "radius": res.radius}))
     finally:
         dist.destroy_process_group()
+
+
+def knn(rank: int, world: int, port: int, x_path: str, q_path: str, k: int, out: str) -> None:
+    from exdd_core.banks.distributed import knn_sharded
+    from exdd_core.banks.knn import Bank
+    from exdd_core.runtime.distributed import shard_bounds
+
+    init(rank, world, port)
+    try:
+        x, q = np.load(x_path), np.load(q_path)
+        a, b = shard_bounds(len(x), world, rank)
+        d, i = knn_sharded(Bank(x[a:b]), a, q, k)
+        np.savez(f"{out}.{rank}.npz", d=d.numpy(), i=i.numpy())
+    finally:
+        dist.destroy_process_group()

@@ -57,3 +57,31 @@ def test_sharded_coreset_picks_equal_the_plain_greedy(tmp_path: Path, n: int, ti
         got = json.loads(Path(f"{out}.{rank}").read_text())
         assert got["picks"] == want.indices.tolist()
         assert got["radius"] == pytest.approx(want.radius, rel=1e-6)
+
+
+def test_sharded_knn_equals_one_search_of_the_whole_bank(tmp_path: Path) -> None:
+    from exdd_core.banks.knn import Bank
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(301, 8)).astype(np.float32)
+    x[200:210] = x[:10]  # exact duplicates across the two shards: ties broken by the lower index
+    q = np.concatenate([rng.normal(size=(40, 8)), x[:5]]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", q)
+    want_d, want_i = Bank(x).knn(q, 3)
+    out = str(tmp_path / "knn")
+    mp.start_processes(
+        dist_worker.knn,
+        args=(2, free_port(), str(tmp_path / "x.npy"), str(tmp_path / "q.npy"), 3, out),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    for rank in range(2):
+        got = np.load(f"{out}.{rank}.npz")
+        np.testing.assert_allclose(got["d"], want_d.numpy(), rtol=0, atol=1e-5)
+        # the same neighbours; between exact twins (equal distances) the sharded search takes the lower
+        # index first, where one search's order among ties is unspecified
+        np.testing.assert_array_equal(np.sort(got["i"], 1), np.sort(want_i.numpy(), 1))
+        twins = np.isclose(got["d"][:, :1], got["d"][:, 1:2], rtol=0, atol=1e-6)[:, 0]
+        assert twins.any() and np.all(got["i"][twins, 0] < got["i"][twins, 1])

@@ -2,7 +2,8 @@
 GPUs): for banks that do not fit one device. Each rank keeps its rows' distances to the coreset; a pick is
 every rank's local farthest row, gathered, the global farthest taken (ties: the lowest global index, as
 np.argmax), and the chosen row broadcast from its owner. Distances come from `greedy.row_distances`, so the
-picks equal `greedy_plain`'s index for index (design.md, "Scaling past one process")."""
+picks equal `greedy_plain`'s index for index. `knn_sharded` is the exact k-NN of such a bank: per-query top-k
+of every shard, merged (design.md, "Scaling past one process")."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from exdd_core.banks.greedy import CoresetResult, row_distances
+from exdd_core.banks.knn import Bank
 from exdd_core.runtime.distributed import shard_bounds as shard_bounds
 
 
@@ -62,3 +64,31 @@ def greedy_sharded(
     radius = torch.tensor([float(min_d.max()) if len(min_d) else 0.0], dtype=torch.float64)
     dist.all_reduce(radius, op=dist.ReduceOp.MAX)
     return CoresetResult(sel, float(radius.item()))
+
+
+def knn_sharded(
+    shard: Bank, offset: int, queries: torch.Tensor | np.ndarray, k: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest rows of a bank sharded over the ranks (this rank holds rows [offset, offset + len)):
+    every rank searches its shard, the (distance, global index) candidates are gathered, and every rank keeps
+    the k best per query (ties: the lower index, as one search of the whole bank). A collective: every rank
+    calls it with the same queries. For banks that do not fit one device."""
+    world = dist.get_world_size()
+    q = torch.as_tensor(np.asarray(queries, dtype=np.float32)) if isinstance(queries, np.ndarray) else queries
+    n = q.shape[0]
+    kk = min(k, len(shard)) if len(shard) else 0
+    d = torch.full((n, k), float("inf"))
+    i = torch.full((n, k), -1, dtype=torch.long)
+    if kk:
+        dd, ii = shard.knn(q, kk)
+        d[:, :kk], i[:, :kk] = dd.cpu(), ii.cpu() + offset
+    ds = [torch.empty_like(d) for _ in range(world)]
+    is_ = [torch.empty_like(i) for _ in range(world)]
+    dist.all_gather(ds, d)
+    dist.all_gather(is_, i)
+    cat_d, cat_i = torch.cat(ds, 1), torch.cat(is_, 1)
+    # sort by (distance, index): a stable sort by index first, then by distance
+    by_index = torch.argsort(torch.where(cat_i < 0, torch.iinfo(torch.long).max, cat_i), dim=1, stable=True)
+    cat_d, cat_i = torch.gather(cat_d, 1, by_index), torch.gather(cat_i, 1, by_index)
+    order = torch.argsort(cat_d, dim=1, stable=True)[:, :k]
+    return torch.gather(cat_d, 1, order), torch.gather(cat_i, 1, order)
