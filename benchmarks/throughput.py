@@ -131,6 +131,30 @@ def processes(folder: Path, n: int, world: int, out: Path) -> float:
     return n / json.loads(result.read_text())["seconds"]
 
 
+def _bare_worker(rank: int, n: int, result: str) -> None:
+    """n bare forwards of random images on one thread: what the machine gives one process."""
+    torch.set_num_threads(1)
+    ex = make_extractor(BACKBONE, FEATURES, 0, "cpu")
+    x = torch.randn(1, 3, *SIZE)
+    with torch.inference_mode():
+        ex.model(x)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ex.model(x)
+    Path(f"{result}.{rank}").write_text(str(n / (time.perf_counter() - t0)))
+
+
+def bare_scaling(tmp: Path, n: int) -> float:
+    """The machine's own scaling: images/s of 2 concurrent bare-forward processes over 1 (the ceiling of any
+    2-process figure here; on a VM whose 2 cores share memory bandwidth it is far below 2)."""
+    one = tmp / "bare1"
+    mp.start_processes(_bare_worker, args=(n, str(one)), nprocs=1, start_method="spawn")
+    two = tmp / "bare2"
+    mp.start_processes(_bare_worker, args=(n // 2, str(two)), nprocs=2, start_method="spawn")
+    single = float(Path(f"{one}.0").read_text())
+    return sum(float(Path(f"{two}.{r}").read_text()) for r in range(2)) / single
+
+
 def _rank_coreset(rank: int, world: int, port: int, x_path: str, k: int, start: int, result: str) -> None:
     import torch.distributed as dist
 
