@@ -230,6 +230,8 @@ def main() -> None:
             print(
                 f"sharded extraction: 1 process {one:.2f} img/s, 2 processes {two:.2f} img/s, same store {same}"
             )
+            machine_scaling = bare_scaling(tmp, args.images)
+            print(f"the machine's own 2-process scaling (bare forwards, no I/O): {machine_scaling:.3f}")
         c = coreset(tmp / "b1.zarr", tmp, args.coreset_k)
         print(
             f"coreset of {c['k']} from {c['rows']} rows (128-d): single process {c['single_s']:.2f} s, "
