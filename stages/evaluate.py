@@ -1,7 +1,6 @@
 """Stage evaluate: ExDD (three image-score modes) and one-bank PatchCore on the test set -> metrics.json, eval/."""
 
 import json
-import sys
 from pathlib import Path
 
 from exdd_core.banks.health import MOSTLY_BACKGROUND
@@ -10,7 +9,7 @@ from exdd_core.runtime import distributed
 from exdd_core.runtime.atomic import staging_dir
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
-from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.runtime.runlog import log, track
 from exdd_core.scoring.card import build_card, write_card
 from exdd_core.scoring.model import FALLBACK_NOTE
 
@@ -114,10 +113,4 @@ def describe_health(h: dict) -> str:
 
 
 if __name__ == "__main__":
-    code = distributed.relaunch_if_requested()  # EXDD_NPROC > 1: this command again, under torchrun
-    if code is not None:
-        sys.exit(code)
-    try:
-        run_stage("evaluate", main)
-    finally:
-        distributed.finish()
+    distributed.run_stage_sharded("evaluate", main)

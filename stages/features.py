@@ -12,7 +12,7 @@ from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
-from exdd_core.runtime.runlog import FALLBACK_NOTE, log, run_stage, track
+from exdd_core.runtime.runlog import FALLBACK_NOTE, log, track
 
 PREPARED = Path("data/prepared")
 SYNTHETIC = Path("data/synthetic")
@@ -73,10 +73,4 @@ def main(which: str) -> str:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else ""
-    code = distributed.relaunch_if_requested()  # EXDD_NPROC > 1: this command again, under torchrun
-    if code is not None:
-        sys.exit(code)
-    try:
-        run_stage(f"features_{which}", lambda: main(which))
-    finally:
-        distributed.finish()
+    distributed.run_stage_sharded(f"features_{which}", lambda: main(which))

@@ -4,13 +4,12 @@ Generated samples are also kept in a per-sample cache (synth.cache_dir), so grow
 post-processing (synth.diff_threshold) generates only what was never generated; data/synthetic itself is
 always the complete set, for DVC to track and share."""
 
-import sys
 from pathlib import Path
 
 from exdd_core.data.records import read_manifest
 from exdd_core.runtime import distributed
 from exdd_core.runtime.params import load_params
-from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.runtime.runlog import log, track
 from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.run import ProceduralBackend, synthesize
 
@@ -67,10 +66,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    code = distributed.relaunch_if_requested()  # EXDD_NPROC > 1: this command again, under torchrun
-    if code is not None:
-        sys.exit(code)
-    try:
-        run_stage("synthesize", main)
-    finally:
-        distributed.finish()
+    distributed.run_stage_sharded("synthesize", main)

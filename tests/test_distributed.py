@@ -4,7 +4,6 @@ as one process."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +12,14 @@ import torch.multiprocessing as mp
 
 from exdd_core.banks.distributed import shard_bounds
 from exdd_core.banks.greedy import greedy_plain
+from exdd_core.runtime import distributed
 from tests import dist_worker
 
 PORTS = range(29650, 29700)
 
 
 def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+    return distributed.free_port(PORTS)
 
 
 def test_shard_bounds_cover_every_row_once() -> None:

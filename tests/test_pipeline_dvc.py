@@ -47,15 +47,7 @@ def test_every_stage_declares_the_params_it_read(project):
     [
         (
             "exdd_core/features/patches.py",
-            {
-                "features_normal",
-                "features_defect",
-                "features_test",
-                "bank_normal",
-                "bank_defect",
-                "fit_fusion",
-                "evaluate",
-            },
+            ALL_STAGES - {"prepare", "synthesize"},  # features, banks, fit_fusion, evaluate
         ),
         ("exdd_core/evaluation/report.py", {"evaluate"}),
     ],

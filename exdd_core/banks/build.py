@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,23 +35,17 @@ def project_store(store: Store, dim: int, seed: int, rows: np.ndarray | None = N
 
 
 def coreset_rows(
-    store: Store,
-    candidates: np.ndarray,
-    *,
-    ratio: float,
-    min_size: int,
-    projection_dim: int,
-    seed: int,
-    method: str = "auto",
-    device: str = "cpu",
+    store: Store, candidates: np.ndarray, ratio: float, min_size: int, **select: Any
 ) -> np.ndarray:
     """The rows (float32) of the coreset of the store's rows `candidates` (sorted indices), selected as
-    build_bank selects them: for the banks cross-fitting builds without a fold (scoring.crossfit)."""
+    build_bank selects them (`select`: projection_dim, seed, method, device): for the banks cross-fitting
+    builds without a fold (scoring.crossfit)."""
     n = len(candidates)
     if n == 0:
         return np.zeros((0, store.dim), np.float32)
-    proj = project_store(store, projection_dim, seed, candidates)
-    res = _select(proj, coreset_size(n, ratio, min_size), seed, method, device, None)
+    proj = project_store(store, select["projection_dim"], select["seed"], candidates)
+    k = coreset_size(n, ratio, min_size)
+    res = _select(proj, k, select["seed"], select.get("method", "auto"), select.get("device", "cpu"), None)
     return store.take(candidates[np.sort(res.indices)])
 
 

@@ -33,15 +33,21 @@ def overlay(
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Panels of equal height next to each other with a black gap."""
-    h = panels[0].shape[0]
+def _join(panels: list[np.ndarray], gap: int, axis: int) -> np.ndarray:
+    """Panels along `axis` (1: side by side, 0: stacked) with black gaps of `gap` px between them."""
+    shape = list(panels[0].shape)
+    shape[axis] = gap
     parts: list[np.ndarray] = []
     for i, p in enumerate(panels):
         if i:
-            parts.append(np.zeros((h, gap, 3), np.uint8))
+            parts.append(np.zeros(shape, np.uint8))
         parts.append(p)
-    return np.concatenate(parts, axis=1)
+    return np.concatenate(parts, axis=axis)
+
+
+def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Panels of equal height next to each other with a black gap."""
+    return _join(list(panels), gap, axis=1)
 
 
 def _font(size: int):
@@ -89,10 +95,4 @@ def grid(panels: list[np.ndarray], columns: int, gap: int = 8) -> np.ndarray:
         row = [np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0))) for p in row]
         rows.append(side_by_side(*row, gap=gap))
     width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    out: list[np.ndarray] = []
-    for i, r in enumerate(rows):
-        if i:
-            out.append(np.zeros((gap, width, 3), np.uint8))
-        out.append(r)
-    return np.concatenate(out, axis=0)
+    return _join([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], gap, axis=0)

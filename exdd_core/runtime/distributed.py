@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 NPROC_ENV = "EXDD_NPROC"
@@ -58,17 +59,18 @@ def requested_nproc() -> int:
     return n
 
 
-def _free_port() -> int:
+def free_port(ports: range = PORT_RANGE) -> int:
+    """$EXDD_DIST_PORT if set, else the first port of `ports` free on the loopback interface."""
     if os.environ.get(PORT_ENV):
         return int(os.environ[PORT_ENV])
-    for port in PORT_RANGE:
+    for port in ports:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
                 return port
             except OSError:
                 continue
-    raise RuntimeError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}; set {PORT_ENV}")
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}; set {PORT_ENV}")
 
 
 def relaunch_if_requested() -> int | None:
@@ -79,7 +81,7 @@ def relaunch_if_requested() -> int | None:
         return None
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *sys.argv,
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *sys.argv,
     ]  # fmt: skip
     return subprocess.call(cmd)
 
@@ -117,3 +119,18 @@ def finish() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_stage_sharded(name: str, body: Callable[[], str]) -> None:
+    """A stage's entry point when it can run sharded: with EXDD_NPROC > 1 (and not yet under torchrun) the
+    same command again under torchrun, else the stage itself (runlog.run_stage), leaving the process group
+    cleanly either way."""
+    from exdd_core.runtime.runlog import run_stage
+
+    code = relaunch_if_requested()
+    if code is not None:
+        sys.exit(code)
+    try:
+        run_stage(name, body)
+    finally:
+        finish()
