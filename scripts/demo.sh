@@ -12,4 +12,14 @@ dvc repro "$@"
 echo
 echo "dvc repro finished in $(( $(date +%s) - start )) s."
 echo "Results: metrics.json (dvc metrics show), eval/heatmaps.png, eval/scores.csv, plots: dvc plots show"
-dvc metrics show
+# the headline figures (the whole of metrics.json: `dvc metrics show`, or `dvc metrics diff` against main)
+python - <<'PY'
+import json
+m = json.load(open("metrics.json"))
+e, p, c = m["exdd"], m["patchcore"], m["calibration"]
+row = "{:<10} I-AUROC {}  P-AUROC {}  AUPRO {}"
+print(row.format(f"ExDD ({e['mode']})", e["image_auroc"], e["pixel_auroc"], e["aupro"]))
+print(row.format("PatchCore", p["image_auroc"], p["pixel_auroc"], p["aupro"]))
+print(f"lam {m['fusion']['lam']} (cross-fitted), defect bank {m['defect_bank']['defect_rows']} rows, "
+      f"threshold {c.get('exdd', {}).get('threshold')} from {c['images']} held-out normal images")
+PY
