@@ -66,18 +66,18 @@ def main() -> str:
         recipes_path = Path("data/synthetic/recipes.json")
         recipes = json.loads(recipes_path.read_text()) if recipes_path.is_file() else []
         defects = known_defects(p, tuple(normal.attrs["grid"]), device)
-        scored = held_out_scores(
-            normal,
-            defect,
-            [i for i in normal.images if i not in held],
-            synth_sources(recipes),
-            defects,
-            p["bank"],
-            fusion["folds"],
-            p["seed"],
-            device,
-        )
-        fit = fit_lambda(scored, fusion)
+        bank_ids = [i for i in normal.images if i not in held]
+        folds = min(fusion["folds"], len(bank_ids), len(defects))
+        if folds < 2:  # nothing to hold out on both sides: no evidence for lam > 0
+            why = "no known defective training images" if not defects else "too few training images"
+            fit = Fit(
+                0.0, {}, {"normal": len(bank_ids), "defective": len(defects)}, f"{why} to cross-fit on: lam 0"
+            )
+        else:
+            scored = held_out_scores(
+                normal, defect, bank_ids, synth_sources(recipes), defects, p["bank"], folds, p["seed"], device
+            )
+            fit = fit_lambda(scored, fusion)
     if fit.note:
         log.info(fit.note)
     write_text_atomic(OUT, json.dumps(fit.as_dict(), indent=2) + "\n")

@@ -250,7 +250,9 @@ def test_mvtec_with_synthesis_paints_into_generated_masks(tmp_path):
     root = tmp_path / "project"
     root.mkdir()
     data = {"source": "mvtec", "root": str(tmp_path / "mvtec"), "image_size": [256, 128]}
-    _, out = build_tiny_project(root, {"data": data, "synth": {"count": 4}})
+    # bank.purify off: on this noise "surface" purification may drop every painted row; what is checked here is
+    # that synthesis paints into generated masks and its rows reach the bank
+    _, out = build_tiny_project(root, {"data": data, "synth": {"count": 4}, "bank": {"purify": None}})
     assert ran_stages(out) == ALL_STAGES
     m = json.loads((root / "metrics.json").read_text())
     assert (
