@@ -54,11 +54,14 @@ def normal_nn_scale(normal: Bank, sample: int = SCALE_SAMPLE, seed: int = 0) -> 
     return float(np.median(spacing)) if len(spacing) else None
 
 
-def defect_bank_health(normal: Bank, defect_rows: np.ndarray, synthetic: np.ndarray) -> BankHealth:
-    """Health of M_P (rows (n, d), `synthetic` bool (n,): which rows come from synthesized images)."""
+def defect_bank_health(
+    normal: Bank, defect_rows: np.ndarray, synthetic: np.ndarray, scale: float | None = None
+) -> BankHealth:
+    """Health of M_P (rows (n, d), `synthetic` bool (n,): which rows come from synthesized images).
+    `scale`: M_N's `normal_nn_scale` when the caller already has it (the model computes it once)."""
     synthetic = np.asarray(synthetic, dtype=bool)
     n = len(defect_rows)
-    scale = normal_nn_scale(normal)
+    scale = normal_nn_scale(normal) if scale is None else scale
     if n == 0 or scale is None:
         return BankHealth(n, int(synthetic.sum()), scale, None, None)
     d_n = normal.knn(defect_rows, 1)[0][:, 0].cpu().numpy()

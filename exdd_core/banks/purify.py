@@ -38,13 +38,16 @@ def unmasked_rows(store: Store) -> np.ndarray:
     return np.repeat(flags, np.diff(store.offsets))
 
 
-def defect_row_filter(store: Store, normal: Bank, purify: float | None, pseudo_top: float) -> RowFilter:
-    """Rows of the defect feature store to keep, judged by their distance to the normal bank `normal`."""
+def defect_row_filter(
+    store: Store, normal: Bank, purify: float | None, pseudo_top: float, spacing: np.ndarray | None = None
+) -> RowFilter:
+    """Rows of the defect feature store to keep, judged by their distance to the normal bank `normal`.
+    `spacing`: `normal_self_nn(normal)` when the caller already has it."""
     unmasked = unmasked_rows(store)
     n = len(store)
     if n == 0 or (purify is None and not unmasked.any()):
         return RowFilter(np.ones(n, dtype=bool), 0, 0, 0)
-    spacing = normal_self_nn(normal)
+    spacing = normal_self_nn(normal) if spacing is None else spacing
     if len(spacing) == 0:  # no normal spacing to judge by: keep masked rows, no pseudo-defects
         return RowFilter(~unmasked, 0, 0, int(unmasked.sum()))
     d_n = np.empty(n)

@@ -72,7 +72,7 @@ def evaluate(
         )
     settings = ScoringSettings.from_params(scoring)
     model = ExddModel.from_stores(bn, bp, settings, device)
-    health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp))
+    health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp), model.normal_scale)
     size = model.image_size
     t = score_test_set(model, ts, records, progress, ranks)
     if t is None:  # a rank other than 0: its shard went to rank 0, which writes everything

@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from exdd_core.banks.build import coreset_rows
-from exdd_core.banks.health import normal_nn_scale
+from exdd_core.banks.health import normal_nn_scale, normal_self_nn
 from exdd_core.banks.knn import Bank
 from exdd_core.banks.purify import defect_row_filter
 from exdd_core.data.records import SYNTHETIC_PREFIX
@@ -103,13 +103,14 @@ def held_out_scores(
         bank_n = Bank(m_n, device)
         tainted = {s for s, src in synth_sources.items() if src & (held_n | held_d)}
         usable = {i for i in defect.images if i not in held_d and i not in tainted}
-        keep = defect_row_filter(defect, bank_n, bank["purify"], bank["pseudo_top"]).keep
+        spacing = normal_self_nn(bank_n)  # M_N^f's spacing: purification, pseudo-masks and tau_N alike
+        keep = defect_row_filter(defect, bank_n, bank["purify"], bank["pseudo_top"], spacing).keep
         candidates = np.intersect1d(_rows_of(defect, usable), np.flatnonzero(keep))
         m_p = coreset_rows(
             defect, candidates, ratio=bank["defect_ratio"], min_size=bank["min_size"], **coreset
         )
         bank_p = Bank(m_p, device) if len(m_p) else None
-        tau_n = normal_nn_scale(bank_n) or 1.0
+        tau_n = float(np.median(spacing)) if len(spacing) else 1.0
         tau_p = (normal_nn_scale(bank_p) if bank_p is not None else None) or 1.0
         queries = [(r, 0, None) for _, i, r, _ in normal.iter_images() if i in held_n]
         queries += [(rows, 1, cells) for i, (rows, cells) in defect_images.items() if i in held_d]

@@ -94,7 +94,8 @@ class ExddModel:
         self.normal = ScoringBank(normal_rows, settings.neighbors, device)
         self.defect = ScoringBank(defect_rows, settings.neighbors, device) if len(defect_rows) else None
         # each bank's own scale (median distance of a row to its nearest other row), for the fused score
-        self.tau_n = normal_nn_scale(self.normal.bank) or 1.0
+        self.normal_scale = normal_nn_scale(self.normal.bank)  # also M_N's scale of the bank's health
+        self.tau_n = self.normal_scale or 1.0
         self.tau_p = (normal_nn_scale(self.defect.bank) if self.defect is not None else None) or 1.0
 
     @classmethod
