@@ -7,7 +7,7 @@ WideResNet-50, layers 2 and 3):
   Zarr store) at batch 1 and batch 8;
 * a bare timm forward of the same cut backbone on the same images, already decoded, at the same batch: the
   floor of our overhead (`extract_overhead_vs_bare_forward` = bare images/s / ours, at batch 1);
-* 2 processes x 1 thread (gloo, each extracting half the images, rank 0 merging the shards: the sharded
+* 2 processes x 1 thread (gloo, each extracting half the images straight into the one store: the sharded
   features stage) against 1 process x 1 thread (`two_process_scaling` = images/s of 2 over 1);
 * the sharded coreset (2 ranks) against the single-process one on the same projected rows: time, and whether
   the picks are the same index for index.
@@ -34,7 +34,7 @@ from _common import add_device_arg, machine, resolve, sync
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
 from exdd_core.data.sources.demo import render
-from exdd_core.features.extract import make_extractor, write_store, write_store_sharded
+from exdd_core.features.extract import make_extractor, write_store
 from exdd_core.features.store import Store
 
 SIZE = (632, 224)
@@ -111,8 +111,8 @@ def _rank_extract(rank: int, world: int, port: int, folder: str, n: int, out: st
     ex(np.zeros((*SIZE, 3), np.uint8))
     dist.barrier()
     t0 = time.perf_counter()
-    write_store_sharded(
-        records, Path(out), ex, Ranks(rank, world, rank),
+    write_store(
+        records, Path(out), ex, ranks=Ranks(rank, world, rank),
         image_size=SIZE, features=FEATURES, seed=0, manifests=[], kind="normal",
     )  # fmt: skip
     dist.barrier()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from exdd_core.data.records import read_manifest
-from exdd_core.features.extract import make_extractor, write_store_sharded
+from exdd_core.features.extract import make_extractor, write_store
 from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
@@ -47,11 +47,11 @@ def main(which: str) -> str:
     selection = p["bank"]["defect_patches"] if which == "defect" else "all"
     OUT.mkdir(exist_ok=True)
     out = OUT / f"{which}.zarr"
-    summary = write_store_sharded(
+    summary = write_store(
         records,
         out,
         extractor,
-        ranks,
+        ranks=ranks,
         image_size=tuple(p["data"]["image_size"]),
         features=p["features"],
         seed=p["seed"],
@@ -65,7 +65,7 @@ def main(which: str) -> str:
     if not ranks.main:
         return f"rank {ranks.rank}: extracted its shard of {len(records)} images on {device}"
     if ranks.world > 1:
-        log.info("%d ranks on %s merged into %s", ranks.world, ", ".join(summary["devices"]), out)
+        log.info("%d ranks on %s wrote their shards into %s", ranks.world, ", ".join(summary["devices"]), out)
     if which == "defect" and summary["rows"] == 0:
         log.warning("no defect patches selected. %s", FALLBACK_NOTE)
     return f"{out}: {summary['images']} images, {summary['rows']} rows, device={device}, weights={prov['weights_id']}"

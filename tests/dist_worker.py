@@ -46,3 +46,26 @@ def knn(rank: int, world: int, port: int, x_path: str, q_path: str, k: int, out:
         np.savez(f"{out}.{rank}.npz", d=d.numpy(), i=i.numpy())
     finally:
         dist.destroy_process_group()
+
+
+def sharded_store(rank: int, world: int, port: int, data: str, out: str, chunks: tuple[int, int]) -> None:
+    """Each rank writes its span of the images in `data` (an .npz of rows, positions, counts) into one store."""
+    from exdd_core.features.sharded_store import ShardedStoreWriter
+    from exdd_core.runtime.distributed import Ranks, shard_bounds
+
+    init(rank, world, port)
+    try:
+        z = np.load(data)
+        counts = z["counts"]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        images = [f"im{i}" for i in range(len(counts))]
+        lo, hi = shard_bounds(len(counts), world, rank)
+        with ShardedStoreWriter(
+            Path(out), z["rows"].shape[1], "float32", {"backbone": "x"}, images, offsets, (lo, hi),
+            Ranks(rank, world, rank), chunk_rows=chunks[0], index_chunk_rows=chunks[1],
+        ) as w:  # fmt: skip
+            for i in range(lo, hi):
+                a, b = offsets[i], offsets[i + 1]
+                w.add(images[i], z["rows"][a:b], z["positions"][a:b])
+    finally:
+        dist.destroy_process_group()

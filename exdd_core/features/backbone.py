@@ -207,6 +207,7 @@ class PatchFeatureExtractor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels = list(self.model.feature_info.channels())
         self.reductions = list(self.model.feature_info.reduction())
+        self._grids: dict[tuple[int, int], tuple[int, int]] = {}  # image (H, W) -> patch grid, as seen
 
     @classmethod
     def with_state_dict(
@@ -238,12 +239,17 @@ class PatchFeatureExtractor:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
             maps = self.model(x)
-        return aggregate_patches([m.float() for m in maps], self.patch_size, self.aggregation)
+        out = aggregate_patches([m.float() for m in maps], self.patch_size, self.aggregation)
+        self._grids[(int(x.shape[-2]), int(x.shape[-1]))] = (int(out.shape[-2]), int(out.shape[-1]))
+        return out
 
     def grid_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """The patch grid for an image size, by running one blank image (exact for any timm padding rule)."""
-        blank = np.zeros((*image_size, 3), dtype=np.uint8)
-        return tuple(self(blank).shape[-2:])  # type: ignore[return-value]
+        """The patch grid for an image size: as seen by an earlier call at that size, else by running one blank
+        image (exact for any timm padding rule; a process pays one forward per image size, not one per store)."""
+        key = (int(image_size[0]), int(image_size[1]))
+        if key not in self._grids:
+            self(np.zeros((*key, 3), dtype=np.uint8))
+        return self._grids[key]
 
     def provenance(self) -> dict:
         return {

@@ -14,7 +14,6 @@ listed in the attribute `unmasked_images`: the bank_defect stage keeps only thos
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import ImageRecord
 from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
 from exdd_core.features.loader import batches
 from exdd_core.features.patches import mask_coverage, to_rows
 from exdd_core.features.projection import project, projection_matrix
-from exdd_core.features.store import StoreWriter, merge_stores
-from exdd_core.runtime.atomic import partial_path
+from exdd_core.features.sharded_store import ShardedStoreWriter
 from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import InputError
 from exdd_core.runtime.hashing import file_digest
@@ -95,10 +94,17 @@ def write_store(
     mask_threshold: float | None = 0.5,
     progress: Callable = lambda it, desc, total: it,
     batch_size: int = 1,
-) -> dict[str, int]:
-    """Extract features of `records` into the store at `out` (committed atomically). Returns row counts."""
+    ranks: Ranks | None = None,
+) -> dict[str, Any]:
+    """Extract features of `records` into the store at `out` (committed atomically). Returns the image and
+    row counts and the device of every rank.
+
+    One process, or every rank of a torch.distributed group (`ranks`; all call it): each rank extracts a
+    contiguous shard of `records` and writes its rows straight into the one store (sharded_store) - the same
+    store, byte for byte, as one process writes."""
     if not records and kind != "defect":  # an empty defect store is legal: the defect bank is then empty
         raise InputError(f"{out}: no images to extract features from ({kind})")
+    ranks = ranks or Ranks(0, 1, 0)
     grid = extractor.grid_for(image_size)
     store_dim = features["store_dim"]
     proj = None
@@ -107,20 +113,70 @@ def write_store(
     attrs = store_attrs(extractor, features, image_size, grid, seed, manifests, kind)
     attrs["selection"] = selection
     attrs["mask_threshold"] = mask_threshold if selection == "mask" else None
-    unmasked = [r.id for r in records if r.mask_path is None] if selection != "all" else []
-    attrs["unmasked_images"] = unmasked
-    dim = store_dim or extractor.dim
-    n_rows = 0
-    per_image = _image_rows(
-        records, extractor, image_size, tuple(grid), selection, mask_threshold, batch_size
+    attrs["unmasked_images"] = [r.id for r in records if r.mask_path is None] if selection != "all" else []
+    lo, hi = shard_bounds(len(records), ranks.world, ranks.rank)
+    mine = records[lo:hi]
+    counts, devices = _gather(
+        (planned_rows(mine, extractor, image_size, tuple(grid), selection, mask_threshold), extractor.device),
+        ranks,
     )
-    with StoreWriter(out, dim, features["dtype"], attrs) as writer:
-        for r, rows, pos in progress(per_image, f"features {kind}", len(records)):
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
+    per_image = _image_rows(mine, extractor, image_size, tuple(grid), selection, mask_threshold, batch_size)
+    with ShardedStoreWriter(
+        out,
+        store_dim or extractor.dim,
+        features["dtype"],
+        attrs,
+        [r.id for r in records],
+        offsets,
+        (lo, hi),
+        ranks,
+    ) as writer:
+        for r, rows, pos in progress(per_image, f"features {kind}", len(mine)):
             if proj is not None:
                 rows = project(rows, proj)
             writer.add(r.id, rows.float().cpu().numpy(), pos.numpy())
-            n_rows += int(rows.shape[0])
-    return {"images": len(records), "rows": n_rows}
+    return {"images": len(records), "rows": int(offsets[-1]), "devices": devices}
+
+
+def _gather(mine: tuple[list[int], str], ranks: Ranks) -> tuple[list[int], list[str]]:
+    """Every rank's planned row counts (concatenated in rank order) and device."""
+    parts: list[Any] = [mine]
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        parts = [None] * ranks.world
+        dist.all_gather_object(parts, mine)
+    return [c for counts, _ in parts for c in counts], [device for _, device in parts]
+
+
+def planned_rows(
+    records: list[ImageRecord],
+    extractor: PatchFeatureExtractor,
+    image_size: tuple[int, int],
+    grid: tuple[int, int],
+    selection: str,
+    mask_threshold: float | None,
+) -> list[int]:
+    """The rows each image will give, known before any forward so that every rank knows where its rows go in
+    the store: the whole grid, the grid cells its mask covers (`mask`), or its largest defect's crop grid
+    (`bbox_crop`); an image without a mask gives its whole grid. `_image_rows` must agree (checked on add)."""
+    whole = grid[0] * grid[1]
+    if selection == "all":
+        return [whole] * len(records)
+    out = []
+    for r in records:
+        if r.mask_path is None:
+            out.append(whole)
+            continue
+        mask = load_mask(Path(r.mask_path), image_size)
+        if selection == "mask":
+            cover = mask_coverage(torch.as_tensor(mask), grid).reshape(-1)
+            out.append(int((cover >= mask_threshold).sum()))
+        else:
+            crop = extractor.grid_for(BBOX_CROP_SIZE)
+            out.append(0 if _largest_region_bbox(mask) is None else crop[0] * crop[1])
+    return out
 
 
 def _image_rows(
@@ -167,32 +223,6 @@ def _bbox_crop_rows(img: np.ndarray, mask: np.ndarray, extractor: PatchFeatureEx
     crop = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     rows = to_rows(extractor(crop))
     return rows, torch.arange(rows.shape[0])
-
-
-def write_store_sharded(
-    records: list[ImageRecord], out: Path, extractor: PatchFeatureExtractor, ranks: Ranks, **kwargs: Any
-) -> dict[str, Any]:
-    """`write_store` on one process, or on every rank of a torch.distributed group (all call it): each rank
-    extracts a contiguous shard of `records` into a store of its own, rank 0 merges the shards in rank order
-    into `out` - the same store one process writes - and every rank removes its shard. Rank 0's summary
-    adds the device of every rank."""
-    if ranks.world == 1:
-        return {**write_store(records, out, extractor, **kwargs), "devices": [extractor.device]}
-    import torch.distributed as dist
-
-    a, b = shard_bounds(len(records), ranks.world, ranks.rank)
-    shard = partial_path(Path(out))  # names this process: cleaned by the next stage start if it dies
-    write_store(records[a:b], shard, extractor, **kwargs)
-    shards: list[Any] = [None] * ranks.world
-    dist.all_gather_object(shards, (str(shard), extractor.device))
-    rows = 0
-    if ranks.main:
-        selection = kwargs.get("selection", "all")
-        unmasked = [r.id for r in records if r.mask_path is None] if selection != "all" else []
-        rows = merge_stores([Path(s) for s, _ in shards], Path(out), {"unmasked_images": unmasked})
-    dist.barrier()
-    shutil.rmtree(shard, ignore_errors=True)
-    return {"images": len(records), "rows": rows, "devices": [d for _, d in shards]}
 
 
 def rows_as_stored(

@@ -78,6 +78,7 @@ class StoreWriter:
         dtype: str = "float16",
         attrs: dict[str, Any] | None = None,
         chunk_rows: int | None = None,
+        index_chunk_rows: int = INDEX_CHUNK_ROWS,
     ):
         self.path = Path(path)
         self._pending = PendingPath(self.path, directory=True)
@@ -95,10 +96,10 @@ class StoreWriter:
             compressors=None,
         )
         self.image_index = self.group.create_array(
-            "image_index", shape=(0,), dtype="int32", chunks=(INDEX_CHUNK_ROWS,)
+            "image_index", shape=(0,), dtype="int32", chunks=(index_chunk_rows,)
         )
         self.position = self.group.create_array(
-            "position", shape=(0,), dtype="int32", chunks=(INDEX_CHUNK_ROWS,)
+            "position", shape=(0,), dtype="int32", chunks=(index_chunk_rows,)
         )
         self.images: list[str] = []
         self.offsets: list[int] = [0]
@@ -240,17 +241,3 @@ def check_compatible(reference: dict[str, Any], other: dict[str, Any], what: str
     ]
     if diffs:
         raise MismatchError(f"{what} were built with different settings: " + "; ".join(diffs))
-
-
-def merge_stores(parts: list[Path], out: Path, attrs: dict[str, Any] | None = None) -> int:
-    """Concatenate stores written by the ranks of a sharded stage (in rank order) into one store at `out`,
-    image by image: the same rows, order and attributes as one process writing them all (`attrs` overrides
-    attributes that describe the whole, e.g. `unmasked_images`). Returns the rows written."""
-    stores = [Store(p) for p in parts]
-    first = stores[0]
-    base = {k: v for k, v in first.attrs.items() if k not in ("images", "offsets", "format", "dim")}
-    with StoreWriter(out, first.dim, first.attrs.get("dtype", "float16"), {**base, **(attrs or {})}) as w:
-        for st in stores:
-            for _, image_id, rows, positions in st.iter_images():
-                w.add(image_id, rows, positions)
-        return w.rows
