@@ -327,9 +327,10 @@ def test_a_failed_evaluate_leaves_the_previous_results(project):
 
 
 def test_two_processes_give_the_one_process_outputs_and_dvc_stays_clean(project):
-    """EXDD_NPROC=2: the features stage relaunches itself under torchrun (gloo, loopback), each rank extracts
-    half the images, rank 0 merges: the store is the single-process store (same rows, order, attributes),
-    so `dvc status` stays clean - the number of processes is an execution setting, not a param."""
+    """EXDD_NPROC=2: the features stage relaunches itself under torchrun (gloo, loopback), each rank writes
+    its half of the images straight into the one store: the single-process store (same rows, order,
+    attributes), so `dvc status` stays clean - the number of processes is an execution setting, not a param.
+    A rank that fails stops the run: one clear error per rank, no traceback, nothing committed."""
     from exdd_core.features.store import Store
 
     root, env = project
@@ -338,11 +339,28 @@ def test_two_processes_give_the_one_process_outputs_and_dvc_stays_clean(project)
     env2 = {**env, "EXDD_NPROC": "2", "EXDD_DIST_PORT": "29611"}
     out = run([sys.executable, "stages/features.py", "test"], root, env2)
     log = " ".join(out.split())
-    assert "2 ranks on cpu, cpu merged into features/test.zarr" in log, log[-2000:]
+    assert "2 ranks on cpu, cpu wrote their shards into features/test.zarr" in log, log[-2000:]
     after = Store(root / "features" / "test.zarr")
     np.testing.assert_array_equal(after.read_all(), rows)
     assert dict(after.attrs) == attrs
     assert "up to date" in run(["dvc", "status"], root, env).lower()
+    assert not list((root / "features").glob(".test.zarr.partial-*"))
+    # a rank fails (an unreadable image in one shard): its error, the others stopped, the old store kept
+    image = sorted((root / "data" / "prepared" / "test" / "images").glob("*.png"))[-1]
+    good = image.read_bytes()
+    try:
+        image.write_bytes(b"not a png")
+        p = subprocess.run(
+            [sys.executable, "stages/features.py", "test"], cwd=root, env={**env2, "EXDD_DIST_PORT": "29615"},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        image.write_bytes(good)
+    log = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 1, log[-3000:]
+    assert f"{image.name}: cannot read as an image" in log and "Traceback" not in log, log[-3000:]
+    assert "failed first" in log and "other ranks were stopped; nothing was committed" in log, log[-3000:]
+    np.testing.assert_array_equal(Store(root / "features" / "test.zarr").read_all(), rows)
     assert not list((root / "features").glob(".test.zarr.partial-*"))
     # the coreset too: rows sharded over 2 ranks, the picks (and so the bank) of one process
     bank = Store(root / "banks" / "normal.zarr").read_all()

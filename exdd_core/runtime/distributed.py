@@ -11,11 +11,15 @@ Without either, a stage runs in one process, as always.
 from __future__ import annotations
 
 import os
+import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exdd_core.runtime.errors import ParamError, RankStopped
 
 NPROC_ENV = "EXDD_NPROC"
 PORT_ENV = "EXDD_DIST_PORT"  # optional: the rendezvous port (default: a free one of PORT_RANGE)
@@ -53,8 +57,6 @@ def requested_nproc() -> int:
     except ValueError:
         n = 0
     if n < 1:
-        from exdd_core.runtime.errors import ParamError
-
         raise ParamError(f"{NPROC_ENV}={value!r}: expected a whole number of processes >= 1")
     return n
 
@@ -75,15 +77,38 @@ def free_port(ports: range = PORT_RANGE) -> int:
 
 def relaunch_if_requested() -> int | None:
     """When EXDD_NPROC > 1 and this process is not a torchrun worker: run this very command under torchrun
-    (one node, loopback rendezvous) and return its exit code; else None (run here, in one process)."""
+    (one node, loopback rendezvous, in this process) and return its exit code; else None (run here, in one
+    process). A failed rank ends the run: torchrun stops the others, and the summary names the rank that
+    failed first (its own error is logged above it) instead of torchrun's traceback."""
     n = requested_nproc()
     if n == 1 or "RANK" in os.environ:
         return None
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *sys.argv,
-    ]  # fmt: skip
-    return subprocess.call(cmd)
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from exdd_core.runtime.runlog import log, setup_logging
+
+    setup_logging()
+    # torchrun would set 1 thread per process with a banner; share the cores out instead (as many as a
+    # rank can use without oversubscribing), unless the user chose.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    args = torchrun.parse_args(
+        [
+            "--nnodes", "1", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
+            "--master-port", str(free_port()), *sys.argv,
+        ]
+    )  # fmt: skip
+    try:
+        torchrun.run(args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        log.error(
+            "%s: rank %d of %d failed first (exit code %s; its error is above), the other ranks were stopped; "
+            "nothing was committed",
+            Path(sys.argv[0]).name, rank, n, failure.exitcode,
+        )  # fmt: skip
+        return 1
+    return 0
 
 
 def init(device: str) -> Ranks:
@@ -121,16 +146,42 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
+def _peer_died(e: BaseException) -> bool:
+    """A collective failed because another rank's process is gone (gloo: the connection closed)."""
+    text = str(e)
+    return any(m in text for m in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise RankStopped(
+        "stopped by torchrun because another rank failed (its error is above); nothing was committed"
+    )
+
+
 def run_stage_sharded(name: str, body: Callable[[], str]) -> None:
     """A stage's entry point when it can run sharded: with EXDD_NPROC > 1 (and not yet under torchrun) the
     same command again under torchrun, else the stage itself (runlog.run_stage), leaving the process group
-    cleanly either way."""
+    cleanly either way. Under torchrun, a rank whose peer died, or which torchrun stops (SIGTERM) because
+    another failed, ends with one line saying so: its open writers abort (runtime.atomic), nothing is
+    committed."""
     from exdd_core.runtime.runlog import run_stage
 
     code = relaunch_if_requested()
     if code is not None:
         sys.exit(code)
+    r = ranks()
+
+    def guarded() -> str:
+        try:
+            return body()
+        except RuntimeError as e:
+            if r.world > 1 and _peer_died(e):
+                raise RankStopped("another rank failed (its error is above); nothing was committed") from None
+            raise
+
+    if r.world > 1:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        run_stage(name, body)
+        run_stage(name, guarded, label=f"{name} (rank {r.rank} of {r.world})" if r.world > 1 else None)
     finally:
         finish()

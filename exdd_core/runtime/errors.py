@@ -22,3 +22,7 @@ class MissingResourceError(ExddError):
 
 class MismatchError(ExddError):
     """Artifacts built with different settings (backbone, image size, projection...) are combined."""
+
+
+class RankStopped(ExddError):
+    """A rank of a sharded stage stopped because another rank failed (that rank's error says why)."""

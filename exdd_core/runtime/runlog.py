@@ -88,9 +88,11 @@ def _len(items: Any) -> int | None:
         return None
 
 
-def run_stage(name: str, fn: Callable[[], str]) -> None:
-    """Run a stage body; log its one-line summary and duration; turn ExddError into a clean exit 1."""
+def run_stage(name: str, fn: Callable[[], str], label: str | None = None) -> None:
+    """Run a stage body; log its one-line summary and duration; turn ExddError into a clean exit 1. `label`
+    names the stage in the log (a rank of a sharded stage says which)."""
     setup_logging()
+    label = label or name
     t0 = time.perf_counter()
     for leftover in clean_dead_partials(Path(".")):
         log.info("removed %s, left by an interrupted writer", leftover)
@@ -98,9 +100,9 @@ def run_stage(name: str, fn: Callable[[], str]) -> None:
         summary = fn()
         record_params_read(name)
     except ExddError as e:
-        log.error("%s failed: %s", name, e)
+        log.error("%s failed: %s", label, e)
         sys.exit(1)
     except KeyboardInterrupt:
-        log.error("%s interrupted; no partial output was committed", name)
+        log.error("%s interrupted; no partial output was committed", label)
         sys.exit(130)
-    log.info("%s done in %.1f s: %s", name, time.perf_counter() - t0, summary)
+    log.info("%s done in %.1f s: %s", label, time.perf_counter() - t0, summary)
