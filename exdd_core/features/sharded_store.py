@@ -26,7 +26,7 @@ import zarr
 from exdd_core.features.store import FORMAT, INDEX_CHUNK_ROWS, chunk_rows_for
 from exdd_core.runtime.atomic import PendingPath
 from exdd_core.runtime.distributed import Ranks
-from exdd_core.runtime.errors import InputError
+from exdd_core.runtime.errors import InputError, RankStopped
 
 PIECES = ".pieces"  # inside the staging folder: rows of shared chunks, removed before publishing
 ARRAYS = ("features", "image_index", "position")
@@ -154,7 +154,19 @@ class ShardedStoreWriter:
     def _submit(self, fn: Callable, *args: Any) -> None:
         while len(self._writes) >= MAX_PENDING_WRITES:
             self._writes.pop(0).result()  # re-raises a failed write here
-        self._writes.append(self._pool.submit(fn, *args))
+        self._writes.append(self._pool.submit(self._write, fn, *args))
+
+    def _write(self, fn: Callable, *args: Any) -> None:
+        """On the write thread. The staging folder gone means rank 0 aborted: another rank failed."""
+        gone = RankStopped("the store's staging folder is gone: another rank failed (its error is above)")
+        if not self.tmp.is_dir():
+            raise gone
+        try:
+            fn(*args)
+        except FileNotFoundError:
+            if not self.tmp.is_dir():
+                raise gone from None
+            raise
 
     def add(self, image_id: str, rows: np.ndarray, positions: np.ndarray) -> None:
         """The next image of this rank's span: rows (n, dim) at grid positions (n,), n as planned."""
