@@ -19,11 +19,18 @@ def main() -> str:
     leaves the previous results (the outputs are `persist` in dvc.yaml: DVC does not delete them first)."""
     p = load_params()
     device = resolve_device(p["scoring"]["device"], "scoring.device")
-    ranks = distributed.init(device)  # under torchrun: each rank scores a shard of the test images
+    # under torchrun: each rank scores a shard of the test images, or (EXDD_SHARD_BANKS=1) every image with
+    # its shard of each bank
+    ranks = distributed.init(device)
     device = distributed.local_device(device, ranks)
     if not ranks.main:
         run(p, device, ranks, None)
-        return f"rank {ranks.rank}: scored its shard of the test images on {device}"
+        what = (
+            "every test image with its shard of the banks"
+            if distributed.shard_banks()
+            else "its shard of the test images"
+        )
+        return f"rank {ranks.rank}: scored {what} on {device}"
     with staging_dir(Path("eval")) as staged:
         summary = run(p, device, ranks, staged)
     return summary
@@ -45,6 +52,7 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
         normal_features=Path("features/normal.zarr"),
         seed=p["seed"],
         ranks=ranks,
+        shard_banks=distributed.shard_banks(),
     )
     if res is None or staged is None:
         return ""
@@ -81,12 +89,19 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
     write_card(staged / "model.json", card)
     e, pc = m["exdd"], m["patchcore"]
     return (
-        f"{len(res.ids)} test images on {device}, {p['backbone']['name']} weights "
+        f"{len(res.ids)} test images on {device}{sharding(ranks)}, {p['backbone']['name']} weights "
         f"{res.test_attrs.get('weights_id', weights)}: "
         f"ExDD ({e['mode']}) I-AUROC {e['image_auroc']} P-AUROC {e['pixel_auroc']} AUPRO {e['aupro']} | "
         f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} | defect bank {health} "
         f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json ({calibrated(m['calibration'])})"
     )
+
+
+def sharding(ranks: distributed.Ranks) -> str:
+    if ranks.world == 1:
+        return ""
+    what = "each bank sharded over them" if distributed.shard_banks() else "each a shard of the test images"
+    return f" ({ranks.world} ranks, {what})"
 
 
 def calibrated(c: dict) -> str:

@@ -69,3 +69,38 @@ def sharded_store(rank: int, world: int, port: int, data: str, out: str, chunks:
                 w.add(images[i], z["rows"][a:b], z["positions"][a:b])
     finally:
         dist.destroy_process_group()
+
+
+def sharded_model(rank: int, world: int, port: int, data: str, out: str) -> None:
+    """The scoring model on banks sharded over the ranks: every rank scores every image of `data`."""
+    from exdd_core.banks.distributed import ShardedBank
+    from exdd_core.runtime.distributed import shard_bounds
+    from exdd_core.scoring.model import ExddModel, ScoringSettings
+
+    init(rank, world, port)
+    try:
+        z = np.load(data)
+        banks = []
+        for name in ("normal", "defect"):
+            rows = z[name]
+            a, b = shard_bounds(len(rows), world, rank)
+            banks.append(ShardedBank(rows[a:b], a, len(rows)))
+        settings = ScoringSettings.from_params(json.loads(str(z["scoring"])))
+        model = ExddModel(banks[0], banks[1], settings, (16, 20), (4, 5))
+        np.savez(f"{out}.{rank}.npz", **scored(model, z["images"]))
+    finally:
+        dist.destroy_process_group()
+
+
+def scored(model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Everything the model says of each image: scores of every mode, both maps at image size, its scales."""
+    out: dict[str, list] = {"tau": [[model.tau_n, model.tau_p]]}
+    for rows in images:
+        s = model.score(rows)
+        r = s.result
+        out.setdefault("scores", []).append(
+            [*(r.exdd[m] for m in sorted(r.exdd)), r.patchcore, r.patchcore_reweighted]
+        )
+        out.setdefault("exdd_map", []).append(s.exdd_map())
+        out.setdefault("pc_map", []).append(s.patchcore_map())
+    return {k: np.asarray(v) for k, v in out.items()}

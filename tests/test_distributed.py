@@ -78,3 +78,38 @@ def test_sharded_knn_equals_one_search_of_the_whole_bank(tmp_path: Path) -> None
         np.testing.assert_array_equal(np.sort(got["i"], 1), np.sort(want_i.numpy(), 1))
         twins = np.isclose(got["d"][:, :1], got["d"][:, 1:2], rtol=0, atol=1e-6)[:, 0]
         assert twins.any() and np.all(got["i"][twins, 0] < got["i"][twins, 1])
+
+
+@pytest.mark.parametrize("mode", ["fused", "paper"])
+def test_the_model_on_sharded_banks_scores_as_on_whole_banks(tmp_path: Path, mode: str) -> None:
+    """k-NN with the bank sharded over 2 ranks (banks.distributed.ShardedBank) behind the one model: every
+    score, both maps and the bank scales equal those of the model on the whole banks. Duplicate rows across
+    the shards make ties; the neighbour tables (reweighting) need rows from the other rank."""
+    from exdd_core.scoring.model import ExddModel, ScoringSettings
+
+    rng = np.random.default_rng(11)
+    normal = rng.normal(size=(97, 8)).astype(np.float32)
+    normal[60:66] = normal[:6]
+    defect = (rng.normal(size=(41, 8)) + 1.5).astype(np.float32)
+    images = rng.normal(size=(5, 20, 8)).astype(np.float32)
+    images[1, :3] = normal[62:65]  # patches exactly on (duplicated) bank rows
+    scoring = {
+        "mode": mode, "neighbors": 3, "eps": 1e-6, "sigma": 1.0, "map_reweight": True, "map_8bit": False,
+        "fusion": {"form": "tau", "lam": 0.7, "topk": 1},
+    }  # fmt: skip
+    want = dist_worker.scored(
+        ExddModel(normal, defect, ScoringSettings.from_params(scoring), (16, 20), (4, 5)), images
+    )
+    np.savez(tmp_path / "data.npz", normal=normal, defect=defect, images=images, scoring=json.dumps(scoring))
+    out = str(tmp_path / "model")
+    mp.start_processes(
+        dist_worker.sharded_model,
+        args=(2, free_port(), str(tmp_path / "data.npz"), out),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    for rank in range(2):
+        got = np.load(f"{out}.{rank}.npz")
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)

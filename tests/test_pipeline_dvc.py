@@ -382,5 +382,12 @@ def test_two_processes_give_the_one_process_outputs_and_dvc_stays_clean(project)
     outputs = ("metrics.json", "eval/scores.csv", "eval/model.json", "eval/heatmaps.png")
     before = {name: (root / name).read_bytes() for name in outputs}
     out = run([sys.executable, "stages/evaluate.py"], root, {**env2, "EXDD_DIST_PORT": "29614"})
+    assert "(2 ranks, each a shard of the test images)" in " ".join(out.split())
+    assert {name: (root / name).read_bytes() for name in outputs} == before
+    assert "up to date" in run(["dvc", "status"], root, env).lower()
+    # and with each bank sharded over the ranks (k-NN merged per query), every rank scoring every image
+    env3 = {**env2, "EXDD_DIST_PORT": "29616", "EXDD_SHARD_BANKS": "1"}
+    out = run([sys.executable, "stages/evaluate.py"], root, env3)
+    assert "(2 ranks, each bank sharded over them)" in " ".join(out.split())
     assert {name: (root / name).read_bytes() for name in outputs} == before
     assert "up to date" in run(["dvc", "status"], root, env).lower()

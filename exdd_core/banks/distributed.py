@@ -3,7 +3,8 @@ GPUs): for banks that do not fit one device. Each rank keeps its rows' distances
 every rank's local farthest row, gathered, the global farthest taken (ties: the lowest global index, as
 np.argmax), and the chosen row broadcast from its owner. Distances come from `greedy.row_distances`, so the
 picks equal `greedy_plain`'s index for index. `knn_sharded` is the exact k-NN of such a bank: per-query top-k
-of every shard, merged (design.md, "Scaling past one process")."""
+of every shard, merged; `ShardedBank` puts it behind the `Bank` interface, so the one scoring model runs on a
+bank no device holds whole (design.md, "Scaling past one process")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from exdd_core.banks.greedy import CoresetResult, row_distances
-from exdd_core.banks.knn import Bank
+from exdd_core.banks.knn import Bank, neighbours_of_members
 from exdd_core.runtime.distributed import shard_bounds as shard_bounds
 
 
@@ -92,3 +93,43 @@ def knn_sharded(
     cat_d, cat_i = torch.gather(cat_d, 1, by_index), torch.gather(cat_i, 1, by_index)
     order = torch.argsort(cat_d, dim=1, stable=True)[:, :k]
     return torch.gather(cat_d, 1, order), torch.gather(cat_i, 1, order)
+
+
+class ShardedBank:
+    """A memory bank whose rows are sharded over the ranks (this rank holds rows [offset, offset + len(rows))
+    of n), with the interface scoring uses of a `Bank`: knn, take, neighbours_of_members, len, dim, device.
+    Every method is a collective: all ranks call it with the same arguments (they score the same images in
+    the same order), and every rank gets the whole answer - the one a `Bank` of all n rows gives (ties in
+    the k-NN: the lower index)."""
+
+    def __init__(self, rows: np.ndarray | torch.Tensor, offset: int, n: int, device: str = "cpu") -> None:
+        self.shard = Bank(rows, device)
+        self.offset, self.n, self.device = int(offset), int(n), device
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def dim(self) -> int:
+        return self.shard.dim
+
+    def knn(self, queries: np.ndarray | torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n == 0:
+            raise ValueError("cannot search an empty bank")
+        q = queries.detach().float().cpu() if isinstance(queries, torch.Tensor) else queries
+        d, i = knn_sharded(self.shard, self.offset, q, min(k, self.n))
+        return d.to(self.device), i.to(self.device)
+
+    def take(self, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Rows at global indices `idx` (any shape) -> (*idx.shape, dim): each from its owner (a sum in which
+        every other rank adds zeros)."""
+        flat = torch.as_tensor(idx).reshape(-1).cpu()
+        out = torch.zeros((len(flat), self.dim), dtype=torch.float32)
+        mine = (flat >= self.offset) & (flat < self.offset + len(self.shard))
+        if mine.any():
+            out[mine] = self.shard.rows[(flat[mine] - self.offset).to(self.device)].cpu()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.reshape(*torch.as_tensor(idx).shape, self.dim).to(self.device)
+
+    def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:
+        return neighbours_of_members(self, idx, b)

@@ -43,7 +43,7 @@ def normal_self_nn(normal: Bank, sample: int = SCALE_SAMPLE, seed: int = 0) -> n
         return np.zeros(0)
     rng = np.random.default_rng(seed)
     idx = np.arange(n) if n <= sample else np.sort(rng.choice(n, sample, replace=False))
-    d, i = normal.knn(normal.rows[idx], 2)
+    d, i = normal.knn(normal.take(idx), 2)
     self_first = i[:, 0].cpu().numpy() == idx  # duplicates can tie with the row itself: take the other
     return np.where(self_first, d[:, 1].cpu().numpy(), d[:, 0].cpu().numpy()).astype(np.float64)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -28,6 +30,11 @@ class Bank:
     @property
     def dim(self) -> int:
         return int(self.rows.shape[1])
+
+    def take(self, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Bank rows at indices `idx` (any shape) -> (*idx.shape, dim): how scoring reads rows, so that a bank
+        sharded over ranks (banks.distributed.ShardedBank) can stand in for this one."""
+        return self.rows[torch.as_tensor(idx, device=self.device)]
 
     def knn(
         self, queries: np.ndarray | torch.Tensor, k: int = 1, bank_chunk: int = 16384, query_chunk: int = 4096
@@ -76,18 +83,23 @@ class Bank:
         return out_d, out_i
 
     def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:
-        """For bank rows `idx`, the indices (len(idx), b) of their b nearest *other* rows of the bank.
+        return neighbours_of_members(self, idx, b)
 
-        "Other" is by index: the row itself is removed even when duplicates sit at distance 0 too.
-        """
-        if b < 1:
-            raise ValueError(f"neighbours must be >= 1, got {b}")
-        idx = idx.to(self.device)
-        k = min(b + 1, len(self))
-        _, nn = self.knn(self.rows[idx], k=k)
-        not_self = nn != idx[:, None]
-        # keep the first b entries that are not the row itself (if the row was not found among the k, the
-        # k-th entry is dropped instead)
-        order = torch.argsort((~not_self).to(torch.int8), dim=1, stable=True)
-        nn = torch.gather(nn, 1, order)[:, : min(b, k - 1) if k > 1 else 1]
-        return nn
+
+def neighbours_of_members(bank: Any, idx: torch.Tensor, b: int) -> torch.Tensor:
+    """For rows `idx` (n,) of `bank` (a Bank, or anything with its knn / take / len / device), the indices
+    (n, b) of their b nearest *other* rows of the bank.
+
+    "Other" is by index: the row itself is removed even when duplicates sit at distance 0 too.
+    """
+    if b < 1:
+        raise ValueError(f"neighbours must be >= 1, got {b}")
+    idx = idx.to(bank.device)
+    k = min(b + 1, len(bank))
+    _, nn = bank.knn(bank.take(idx), k=k)
+    nn = nn.to(bank.device)
+    not_self = nn != idx[:, None]
+    # keep the first b entries that are not the row itself (if the row was not found among the k, the
+    # k-th entry is dropped instead)
+    order = torch.argsort((~not_self).to(torch.int8), dim=1, stable=True)
+    return torch.gather(nn, 1, order)[:, : min(b, k - 1) if k > 1 else 1]

@@ -60,9 +60,14 @@ def evaluate(
     normal_features: Path | None = None,
     seed: int = 0,
     ranks: Ranks | None = None,
+    shard_banks: bool = False,
 ) -> EvalResult | None:
     """Score the test set with ExDD (every mode) and PatchCore; thresholds calibrated on the normal training
-    images of `normal_features` that the normal bank held out (none: the oracle thresholds, with a note)."""
+    images of `normal_features` that the normal bank held out (none: the oracle thresholds, with a note).
+
+    Under torchrun (`ranks`) each rank scores a shard of the test images with the whole banks, or, with
+    `shard_banks`, every rank scores every image with its shard of each bank (collectives throughout);
+    either way rank 0 writes everything and the others return None."""
     bn, bp, ts = load_banks(normal_bank, defect_bank, test_features)
     records = {r.id: r for r in read_manifest(test_manifest)}
     missing = [i for i in ts.images if i not in records]
@@ -71,10 +76,14 @@ def evaluate(
             f"{test_features}: images {missing[:3]} are not in {test_manifest} (stale features?)"
         )
     settings = ScoringSettings.from_params(scoring)
-    model = ExddModel.from_stores(bn, bp, settings, device)
+    sharded = shard_banks and ranks is not None and ranks.world > 1
+    model = ExddModel.from_stores(bn, bp, settings, device, ranks if sharded else None)
     health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp), model.normal_scale)
     size = model.image_size
-    t = score_test_set(model, ts, records, progress, ranks)
+    t = score_test_set(model, ts, records, progress, None if sharded else ranks)
+    if sharded and ranks is not None and not ranks.main:  # rank 0 scores these too: the same collectives
+        _held_out_scores(model, normal_features, eval_params["calibration_fraction"], seed)
+        return None
     if t is None:  # a rank other than 0: its shard went to rank 0, which writes everything
         return None
     labels, scores, maps_exdd, maps_pc, masks, has_mask = (

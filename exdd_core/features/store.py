@@ -200,6 +200,10 @@ class Store:
         """The whole features array in memory: only for banks and small stores."""
         return np.asarray(self.features[:], dtype=dtype)
 
+    def read_rows(self, start: int, stop: int, dtype=np.float32) -> np.ndarray:
+        """Rows [start, stop) in memory: one rank's shard of a bank."""
+        return np.asarray(self.features[start:stop], dtype=dtype)
+
     def iter_blocks(
         self, block_rows: int | None = None, dtype=np.float32
     ) -> Iterator[tuple[int, np.ndarray]]:

@@ -24,6 +24,9 @@ from exdd_core.runtime.errors import ParamError, RankStopped
 NPROC_ENV = "EXDD_NPROC"
 PORT_ENV = "EXDD_DIST_PORT"  # optional: the rendezvous port (default: a free one of PORT_RANGE)
 PORT_RANGE = range(29500, 29600)
+# evaluate under torchrun: 1 = keep each bank sharded over the ranks (ShardedBank: for banks no single device
+# holds; every rank scores every image), else each rank holds the whole banks and scores a shard of images.
+SHARD_BANKS_ENV = "EXDD_SHARD_BANKS"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ def requested_nproc() -> int:
     if n < 1:
         raise ParamError(f"{NPROC_ENV}={value!r}: expected a whole number of processes >= 1")
     return n
+
+
+def shard_banks() -> bool:
+    """$EXDD_SHARD_BANKS: an execution setting like the number of processes (the scores are the same)."""
+    value = os.environ.get(SHARD_BANKS_ENV, "0")
+    if value not in ("0", "1"):
+        raise ParamError(f"{SHARD_BANKS_ENV}={value!r}: expected 1 (shard the banks over the ranks) or 0")
+    return value == "1"
 
 
 def free_port(ports: range = PORT_RANGE) -> int:
@@ -112,18 +123,20 @@ def relaunch_if_requested() -> int | None:
 
 
 def init(device: str) -> Ranks:
-    """Join the process group when launched by torchrun (NCCL for CUDA, gloo otherwise)."""
+    """Join the process group when launched by torchrun: gloo on CPUs; on GPUs NCCL for CUDA tensors *and*
+    gloo for CPU ones (the coreset's and k-NN's small collectives, object gathers and barriers run on CPU
+    tensors, which NCCL alone refuses)."""
     r = ranks()
     if r.world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            nccl = device.startswith("cuda")
-            if nccl:  # object collectives on NCCL use the current device: this rank's GPU
+            cuda = device.startswith("cuda")
+            if cuda:
                 import torch
 
                 torch.cuda.set_device(r.local_rank)
-            dist.init_process_group("nccl" if nccl else "gloo")
+            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     return r
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,10 +34,11 @@ def reweight(s: torch.Tensor, nbr_dists: torch.Tensor, dim: int, *, positive: bo
 class ScoringBank:
     """A bank plus a lazily filled table of each entry's b nearest neighbours inside the bank (N_b(m))."""
 
-    def __init__(self, rows: np.ndarray, neighbours: int, device: str = "cpu") -> None:
-        self.bank = Bank(rows, device=device)
+    def __init__(self, rows: np.ndarray | Any, neighbours: int, device: str = "cpu") -> None:
+        """`rows` (n, d), or a bank object already built (a `Bank`, or a `banks.distributed.ShardedBank`)."""
+        self.bank = rows if hasattr(rows, "knn") else Bank(rows, device=device)
         self.b = int(neighbours)
-        self._table = torch.full((len(self.bank), self.b), -1, dtype=torch.long, device=device)
+        self._table = torch.full((len(self.bank), self.b), -1, dtype=torch.long, device=self.bank.device)
 
     def __len__(self) -> int:
         return len(self.bank)
@@ -54,7 +56,7 @@ class ScoringBank:
     def weights(self, queries: torch.Tensor, nn_idx: torch.Tensor, nn_dist: torch.Tensor, *, positive: bool):
         """Reweighting factor for each query patch given its nearest entry `nn_idx` at distance `nn_dist`."""
         nbrs = self.neighbours(nn_idx)  # (n, b)
-        vecs = self.bank.rows[nbrs]  # (n, b, d)
+        vecs = self.bank.take(nbrs)  # (n, b, d)
         d = torch.linalg.vector_norm(queries[:, None, :] - vecs, dim=-1)
         return reweight(nn_dist, d, self.bank.dim, positive=positive)
 

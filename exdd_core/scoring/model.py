@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from exdd_core.banks.distributed import ShardedBank
 from exdd_core.banks.health import normal_nn_scale
 from exdd_core.features.store import Store
+from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
 from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
 from exdd_core.scoring.fusion import fused_scores
@@ -77,12 +79,13 @@ class ScoredImage:
 
 
 class ExddModel:
-    """Banks M_N and M_P (rows as the stores hold them), scoring settings, image size and patch grid."""
+    """Banks M_N and M_P (rows as the stores hold them, or bank objects: `ScoringBank`), scoring settings,
+    image size and patch grid."""
 
     def __init__(
         self,
-        normal_rows: np.ndarray,
-        defect_rows: np.ndarray,
+        normal_rows: np.ndarray | Any,
+        defect_rows: np.ndarray | Any,
         settings: ScoringSettings,
         image_size: tuple[int, int],
         grid: tuple[int, int],
@@ -100,11 +103,25 @@ class ExddModel:
 
     @classmethod
     def from_stores(
-        cls, normal: Store, defect: Store, settings: ScoringSettings, device: str = "cpu"
+        cls,
+        normal: Store,
+        defect: Store,
+        settings: ScoringSettings,
+        device: str = "cpu",
+        ranks: Ranks | None = None,
     ) -> ExddModel:
-        """From the two bank stores (already checked compatible with what will be scored)."""
+        """From the two bank stores (already checked compatible with what will be scored). With `ranks` (a
+        torch.distributed group), each rank reads only its shard of each bank (banks.distributed.ShardedBank):
+        the same scores, every call then a collective of all ranks."""
         attrs = normal.attrs
-        return cls(normal.read_all(), defect.read_all(), settings, attrs["image_size"], attrs["grid"], device)
+        if ranks is None or ranks.world == 1:
+            banks: list[Any] = [normal.read_all(), defect.read_all()]
+        else:
+            banks = []
+            for store in (normal, defect):
+                a, b = shard_bounds(len(store), ranks.world, ranks.rank)
+                banks.append(ShardedBank(store.read_rows(a, b), a, len(store), device))
+        return cls(banks[0], banks[1], settings, attrs["image_size"], attrs["grid"], device)
 
     @property
     def fallback(self) -> bool:
