@@ -15,6 +15,7 @@ listed in the attribute `unmasked_images`: the bank_defect stage keeps only thos
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +117,10 @@ def write_store(
     attrs["unmasked_images"] = [r.id for r in records if r.mask_path is None] if selection != "all" else []
     lo, hi = shard_bounds(len(records), ranks.world, ranks.rank)
     mine = records[lo:hi]
-    counts, devices = _gather(
-        (planned_rows(mine, extractor, image_size, tuple(grid), selection, mask_threshold), extractor.device),
-        ranks,
-    )
+    select = RowSelection(extractor, image_size, tuple(grid), selection, mask_threshold)
+    counts, devices = _gather((select.planned_rows(mine), extractor.device), ranks)
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
-    per_image = _image_rows(mine, extractor, image_size, tuple(grid), selection, mask_threshold, batch_size)
+    per_image = select.rows(mine, batch_size)
     with ShardedStoreWriter(
         out,
         store_dim or extractor.dim,
@@ -150,67 +149,66 @@ def _gather(mine: tuple[list[int], str], ranks: Ranks) -> tuple[list[int], list[
     return [c for counts, _ in parts for c in counts], [device for _, device in parts]
 
 
-def planned_rows(
-    records: list[ImageRecord],
-    extractor: PatchFeatureExtractor,
-    image_size: tuple[int, int],
-    grid: tuple[int, int],
-    selection: str,
-    mask_threshold: float | None,
-) -> list[int]:
-    """The rows each image will give, known before any forward so that every rank knows where its rows go in
-    the store: the whole grid, the grid cells its mask covers (`mask`), or its largest defect's crop grid
-    (`bbox_crop`); an image without a mask gives its whole grid. `_image_rows` must agree (checked on add)."""
-    whole = grid[0] * grid[1]
-    if selection == "all":
-        return [whole] * len(records)
-    out = []
-    for r in records:
-        if r.mask_path is None:
-            out.append(whole)
-            continue
-        mask = load_mask(Path(r.mask_path), image_size)
-        if selection == "mask":
-            cover = mask_coverage(torch.as_tensor(mask), grid).reshape(-1)
-            out.append(int((cover >= mask_threshold).sum()))
-        else:
-            crop = extractor.grid_for(BBOX_CROP_SIZE)
-            out.append(0 if _largest_region_bbox(mask) is None else crop[0] * crop[1])
-    return out
+@dataclass(frozen=True)
+class RowSelection:
+    """Which patch rows of an image go into a store (`selection`: all, mask, bbox_crop), in one place for
+    the two things that must agree: the rows planned before any forward, and the rows extracted."""
 
+    extractor: PatchFeatureExtractor
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    selection: str
+    mask_threshold: float | None
 
-def _image_rows(
-    records: list[ImageRecord],
-    extractor: PatchFeatureExtractor,
-    image_size: tuple[int, int],
-    grid: tuple[int, int],
-    selection: str,
-    mask_threshold: float | None,
-    batch_size: int,
-) -> Iterator[tuple[ImageRecord, torch.Tensor, torch.Tensor]]:
-    """(record, rows (n, C), grid positions (n,)) per image, in order; the backbone runs `batch_size` images
-    at a time (bbox crops, each of its own size, one at a time)."""
-    for batch in batches(records, image_size, batch_size, masks=selection != "all"):
-        whole = [b for b in batch if not (selection == "bbox_crop" and b.mask is not None)]
-        patches = extractor(np.stack([b.image for b in whole])) if whole else None  # (B, C, h, w)
-        if patches is not None and tuple(patches.shape[-2:]) != grid:
-            raise InputError(
-                f"{whole[0].record.image_path}: patch grid {tuple(patches.shape[-2:])} != {grid}"
-            )
-        k = 0
-        for b in batch:
-            if selection == "bbox_crop" and b.mask is not None:
-                yield (b.record, *_bbox_crop_rows(b.image, b.mask, extractor))
+    def planned_rows(self, records: list[ImageRecord]) -> list[int]:
+        """The rows each image will give, known before any forward so that every rank knows where its rows
+        go in the store: the whole grid, the grid cells its mask covers (`mask`), or its largest defect's
+        crop grid (`bbox_crop`); an image without a mask gives its whole grid (checked on add)."""
+        whole = self.grid[0] * self.grid[1]
+        if self.selection == "all":
+            return [whole] * len(records)
+        out = []
+        for r in records:
+            if r.mask_path is None:
+                out.append(whole)
                 continue
-            rows = to_rows(patches[k : k + 1])
-            k += 1
-            pos = torch.arange(rows.shape[0])
-            if selection == "mask" and b.mask is not None:
-                keep = (
-                    mask_coverage(torch.as_tensor(b.mask), grid).reshape(-1).to(rows.device) >= mask_threshold
+            mask = load_mask(Path(r.mask_path), self.image_size)
+            if self.selection == "mask":
+                out.append(int(self._keep(mask).sum()))
+            else:
+                crop = self.extractor.grid_for(BBOX_CROP_SIZE)
+                out.append(0 if _largest_region_bbox(mask) is None else crop[0] * crop[1])
+        return out
+
+    def _keep(self, mask: np.ndarray) -> torch.Tensor:
+        """bool (h*w,): the grid cells `mask` covers at least `mask_threshold`."""
+        return mask_coverage(torch.as_tensor(mask), self.grid).reshape(-1) >= self.mask_threshold
+
+    def rows(
+        self, records: list[ImageRecord], batch_size: int
+    ) -> Iterator[tuple[ImageRecord, torch.Tensor, torch.Tensor]]:
+        """(record, rows (n, C), grid positions (n,)) per image, in order; the backbone runs `batch_size`
+        images at a time (bbox crops, each of its own size, one at a time)."""
+        by_crop = self.selection == "bbox_crop"
+        for batch in batches(records, self.image_size, batch_size, masks=self.selection != "all"):
+            whole = [b for b in batch if not (by_crop and b.mask is not None)]
+            patches = self.extractor(np.stack([b.image for b in whole])) if whole else None  # (B, C, h, w)
+            if patches is not None and tuple(patches.shape[-2:]) != self.grid:
+                raise InputError(
+                    f"{whole[0].record.image_path}: patch grid {tuple(patches.shape[-2:])} != {self.grid}"
                 )
-                rows, pos = rows[keep], pos[keep.cpu()]
-            yield b.record, rows, pos
+            k = 0
+            for b in batch:
+                if by_crop and b.mask is not None:
+                    yield (b.record, *_bbox_crop_rows(b.image, b.mask, self.extractor))
+                    continue
+                rows = to_rows(patches[k : k + 1])
+                k += 1
+                pos = torch.arange(rows.shape[0])
+                if self.selection == "mask" and b.mask is not None:
+                    keep = self._keep(b.mask)
+                    rows, pos = rows[keep.to(rows.device)], pos[keep]
+                yield b.record, rows, pos
 
 
 def _bbox_crop_rows(img: np.ndarray, mask: np.ndarray, extractor: PatchFeatureExtractor):

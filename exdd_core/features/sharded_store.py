@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from exdd_core.features.store import FORMAT, INDEX_CHUNK_ROWS, chunk_rows_for
+from exdd_core.features.store import FORMAT, INDEX_CHUNK_ROWS, CommitOnExit, chunk_rows_for
 from exdd_core.runtime.atomic import PendingPath
 from exdd_core.runtime.distributed import Ranks
 from exdd_core.runtime.errors import InputError, RankStopped
@@ -114,7 +114,7 @@ def _write_pieces(group: Any, pieces: Path) -> None:
         array[c0:c1] = np.concatenate(datas)
 
 
-class ShardedStoreWriter:
+class ShardedStoreWriter(CommitOnExit):
     """This rank's images `span` = [lo, hi) of a store whose images and row `offsets` are planned; every rank
     of `ranks` creates one (collectively) and adds its images in order. Nothing is visible at `path` until
     `commit()` (or a clean `with`) on every rank."""
@@ -229,12 +229,3 @@ class ShardedStoreWriter:
             self._pending.abort()
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> ShardedStoreWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and not self._done:
-            self.commit()
-        elif exc_type is not None:
-            self.abort()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
@@ -68,7 +68,32 @@ def chunk_rows_for(dim: int, itemsize: int) -> int:
     return 1 << (rows - 1).bit_length()
 
 
-class StoreWriter:
+W = TypeVar("W", bound="CommitOnExit")
+
+
+class CommitOnExit:
+    """A writer used as a context manager: a clean `with` commits (unless `commit()` already ran), an
+    exception aborts. Subclasses set `_done` when committed."""
+
+    _done = False
+
+    def commit(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: W) -> W:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._done:
+            self.commit()
+        elif exc_type is not None:
+            self.abort()
+
+
+class StoreWriter(CommitOnExit):
     """Append patch rows image by image; nothing is visible at `path` until `commit()` (or a clean `with`)."""
 
     def __init__(
@@ -161,15 +186,6 @@ class StoreWriter:
 
     def abort(self) -> None:
         self._pending.abort()
-
-    def __enter__(self) -> StoreWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and not self._done:
-            self.commit()
-        elif exc_type is not None:
-            self.abort()
 
 
 class Store:
