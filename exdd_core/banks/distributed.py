@@ -97,7 +97,8 @@ def knn_sharded(
 
 class ShardedBank:
     """A memory bank whose rows are sharded over the ranks (this rank holds rows [offset, offset + len(rows))
-    of n), with the interface scoring uses of a `Bank`: knn, take, neighbours_of_members, len, dim, device.
+    of n), with the interface scoring uses of a `Bank`: knn, take, distances, neighbours_of_members, len, dim,
+    device.
     Every method is a collective: all ranks call it with the same arguments (they score the same images in
     the same order), and every rank gets the whole answer - the one a `Bank` of all n rows gives (ties in
     the k-NN: the lower index)."""
@@ -130,6 +131,19 @@ class ShardedBank:
             out[mine] = self.shard.rows[(flat[mine] - self.offset).to(self.device)].cpu()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.reshape(*torch.as_tensor(idx).shape, self.dim).to(self.device)
+
+    def distances(self, queries: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """|queries[i] - row idx[i, j]| -> (n, b), each computed by the row's owner: (n, b) floats cross the
+        group instead of (n, b, d) rows (the reweighting needs them for every patch of every image)."""
+        q, idx = queries.detach().float().cpu(), torch.as_tensor(idx).cpu()
+        out = torch.zeros(idx.shape, dtype=torch.float32)
+        mine = (idx >= self.offset) & (idx < self.offset + len(self.shard))
+        if mine.any():
+            qi = q[:, None, :].expand(-1, idx.shape[1], -1)[mine]  # (m, d): the query of each owned entry
+            rows = self.shard.rows[(idx[mine] - self.offset).to(self.device)].cpu()
+            out[mine] = torch.linalg.vector_norm(qi - rows, dim=-1)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.to(self.device)
 
     def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:
         return neighbours_of_members(self, idx, b)

@@ -36,6 +36,10 @@ class Bank:
         sharded over ranks (banks.distributed.ShardedBank) can stand in for this one."""
         return self.rows[torch.as_tensor(idx, device=self.device)]
 
+    def distances(self, queries: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """|queries[i] - row idx[i, j]| for queries (n, d) and bank indices idx (n, b) -> (n, b)."""
+        return torch.linalg.vector_norm(queries[:, None, :] - self.take(idx), dim=-1)
+
     def knn(
         self, queries: np.ndarray | torch.Tensor, k: int = 1, bank_chunk: int = 16384, query_chunk: int = 4096
     ) -> tuple[torch.Tensor, torch.Tensor]:

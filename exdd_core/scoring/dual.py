@@ -56,8 +56,7 @@ class ScoringBank:
     def weights(self, queries: torch.Tensor, nn_idx: torch.Tensor, nn_dist: torch.Tensor, *, positive: bool):
         """Reweighting factor for each query patch given its nearest entry `nn_idx` at distance `nn_dist`."""
         nbrs = self.neighbours(nn_idx)  # (n, b)
-        vecs = self.bank.take(nbrs)  # (n, b, d)
-        d = torch.linalg.vector_norm(queries[:, None, :] - vecs, dim=-1)
+        d = self.bank.distances(queries, nbrs)  # (n, b)
         return reweight(nn_dist, d, self.bank.dim, positive=positive)
 
 
