@@ -345,6 +345,17 @@ def test_two_processes_give_the_one_process_outputs_and_dvc_stays_clean(project)
     assert dict(after.attrs) == attrs
     assert "up to date" in run(["dvc", "status"], root, env).lower()
     assert not list((root / "features").glob(".test.zarr.partial-*"))
+    # a stage that is not sharded says so under EXDD_NPROC, and refuses to run as a torchrun rank
+    out = run([sys.executable, "stages/prepare.py"], root, env2)
+    assert "prepare runs on one process: EXDD_NPROC applies to the sharded stages" in " ".join(out.split())
+    p = subprocess.run(
+        [sys.executable, "stages/prepare.py"], cwd=root, env={**env, "WORLD_SIZE": "2", "RANK": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 1 and "prepare does not run sharded" in " ".join(p.stderr.split()), p.stderr[
+        -2000:
+    ]
+    assert "up to date" in run(["dvc", "status"], root, env).lower()
     # a rank fails (an unreadable image in one shard): its error, the others stopped, the old store kept
     image = sorted((root / "data" / "prepared" / "test" / "images").glob("*.png"))[-1]
     good = image.read_bytes()

@@ -195,6 +195,9 @@ def run_stage_sharded(name: str, body: Callable[[], str]) -> None:
     if r.world > 1:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        run_stage(name, guarded, label=f"{name} (rank {r.rank} of {r.world})" if r.world > 1 else None)
+        label = f"{name} (rank {r.rank} of {r.world})" if r.world > 1 else None
+        run_stage(name, guarded, label=label, sharded=True)
     finally:
+        if r.world > 1:  # the stage is over: a SIGTERM now (torchrun ending the group) just ends the process
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         finish()

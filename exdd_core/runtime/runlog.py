@@ -29,6 +29,7 @@ from rich.progress import (
 )
 
 from exdd_core.runtime.atomic import clean_dead_partials
+from exdd_core.runtime.distributed import NPROC_ENV
 from exdd_core.runtime.errors import ExddError
 from exdd_core.runtime.params import record_params_read
 
@@ -88,11 +89,19 @@ def _len(items: Any) -> int | None:
         return None
 
 
-def run_stage(name: str, fn: Callable[[], str], label: str | None = None) -> None:
+def run_stage(name: str, fn: Callable[[], str], label: str | None = None, sharded: bool = False) -> None:
     """Run a stage body; log its one-line summary and duration; turn ExddError into a clean exit 1. `label`
-    names the stage in the log (a rank of a sharded stage says which)."""
+    names the stage in the log (a rank of a sharded stage says which). A stage that is not `sharded` refuses
+    to run as one of several torchrun ranks (they would all write the same outputs) and says that
+    $EXDD_NPROC does not apply to it, rather than falling back to one process in silence."""
     setup_logging()
     label = label or name
+    if not sharded:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            log.error("%s does not run sharded (it is light): launch it without torchrun", name)
+            sys.exit(1)
+        if os.environ.get(NPROC_ENV, "1") not in ("", "1"):
+            log.info("%s runs on one process: %s applies to the sharded stages", name, NPROC_ENV)
     t0 = time.perf_counter()
     for leftover in clean_dead_partials(Path(".")):
         log.info("removed %s, left by an interrupted writer", leftover)
