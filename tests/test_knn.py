@@ -56,3 +56,18 @@ def test_tensor_queries_never_go_through_numpy():
     np.testing.assert_allclose(d.numpy(), rd, rtol=1e-4, atol=1e-4)
     assert np.array_equal(i.numpy(), ri)
     assert bank.neighbours_of_members(torch.tensor([0, 4]), 2).shape == (2, 2)
+
+
+def test_nearest_rows_are_exact_when_features_share_a_large_mean():
+    """Rows and queries around a large common mean (as ReLU features are): the fast |b|^2 - 2 q.b ranking
+    alone swapped near neighbours (355 of 2,000 queries wrong, measured); centring and the exact re-rank of
+    the candidates give the float64 brute force's nearest row for every query, distances to float32."""
+    rng = np.random.default_rng(4)
+    mu = rng.uniform(0, 20, 256).astype(np.float32)
+    b = (mu + 0.05 * rng.standard_normal((400, 256))).astype(np.float32)
+    q = (mu + 0.05 * rng.standard_normal((2000, 256))).astype(np.float32)
+    for chunks in ({}, {"bank_chunk": 64, "query_chunk": 300}):
+        d, i = Bank(b).knn(q, 2, **chunks)
+        rd, ri = brute(q, b, 2)
+        assert np.array_equal(i.numpy(), ri)
+        np.testing.assert_allclose(d.numpy(), rd, rtol=1e-5, atol=1e-6)
