@@ -88,7 +88,11 @@ class CommitOnExit:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._done:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # a commit that fails (a write, a peer rank) leaves nothing behind either
+                self.abort()
+                raise
         elif exc_type is not None:
             self.abort()
 

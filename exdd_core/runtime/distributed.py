@@ -95,6 +95,7 @@ def relaunch_if_requested() -> int | None:
     if n == 1 or "RANK" in os.environ:
         return None
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from exdd_core.runtime.runlog import log, setup_logging
@@ -109,6 +110,7 @@ def relaunch_if_requested() -> int | None:
             "--master-port", str(free_port()), *sys.argv,
         ]
     )  # fmt: skip
+    stage = Path(sys.argv[0]).name
     try:
         torchrun.run(args)
     except ChildFailedError as e:
@@ -116,9 +118,14 @@ def relaunch_if_requested() -> int | None:
         log.error(
             "%s: rank %d of %d failed first (exit code %s; its error is above), the other ranks were stopped; "
             "nothing was committed",
-            Path(sys.argv[0]).name, rank, n, failure.exitcode,
+            stage, rank, n, failure.exitcode,
         )  # fmt: skip
         return 1
+    except SignalException as e:  # Ctrl-C or a scheduler's SIGTERM to this launcher
+        log.error(
+            "%s: interrupted (%s), the %d ranks were stopped; nothing was committed", stage, e.sigval.name, n
+        )
+        return 130
     return 0
 
 

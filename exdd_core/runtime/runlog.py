@@ -103,9 +103,9 @@ def run_stage(name: str, fn: Callable[[], str], label: str | None = None, sharde
         if os.environ.get(NPROC_ENV, "1") not in ("", "1"):
             log.info("%s runs on one process: %s applies to the sharded stages", name, NPROC_ENV)
     t0 = time.perf_counter()
-    for leftover in clean_dead_partials(Path(".")):
-        log.info("removed %s, left by an interrupted writer", leftover)
     try:
+        for leftover in clean_dead_partials(Path(".")):
+            log.info("removed %s, left by an interrupted writer", leftover)
         summary = fn()
         record_params_read(name)
     except ExddError as e:
