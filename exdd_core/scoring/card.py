@@ -12,7 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exdd_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD
+from exdd_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD, input_stats
 from exdd_core.features.store import COMPAT_KEYS
 from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.errors import InputError, MismatchError
@@ -33,13 +33,15 @@ THRESHOLD_RULE = (
 ORACLE_RULE_V1 = "F1-optimal on the test set; score >= threshold means defective"
 
 
-def preprocessing() -> dict[str, Any]:
-    """How an image becomes backbone input, recorded so a later code change cannot silently alter it."""
+def preprocessing(backbone: str | None = None) -> dict[str, Any]:
+    """How an image becomes input of `backbone` (its own normalisation; ImageNet's when None), recorded so a
+    later code change cannot silently alter it."""
+    mean, std = input_stats(backbone) if backbone else (IMAGENET_MEAN, IMAGENET_STD)
     return {
         "color": "RGB uint8 (grey replicated, alpha dropped)",
         "resize": "PIL bilinear to image_size (prepare stage)",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(mean),
+        "std": list(std),
     }
 
 
@@ -95,10 +97,11 @@ class Card:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def check_preprocessing(self, where: str) -> None:
-        if self.preprocessing != preprocessing():
+        expected = preprocessing(self.backbone.get("name"))
+        if self.preprocessing != expected:
             raise MismatchError(
                 f"{where}: the banks' preprocessing {self.preprocessing} differs from this code's "
-                f"{preprocessing()}; rebuild the banks (dvc repro) with this version"
+                f"{expected}; rebuild the banks (dvc repro) with this version"
             )
 
 
@@ -150,6 +153,7 @@ def build_card(
         test_images=metrics.get("test_images"),
         scoring={k: settings.get(k) for k in SCORING_KEYS},
         features={k: test_attrs.get(k) for k in FEATURE_KEYS},
+        preprocessing=preprocessing(test_attrs.get("backbone")),
         backbone={
             "name": test_attrs.get("backbone"),
             "weights": test_attrs.get("weights"),
