@@ -1,5 +1,6 @@
 """Stage fit_fusion: the fusion weight lam of the fused score, cross-fitted on training images only
-(scoring.crossfit) -> fusion/fusion.json. With scoring.fusion.lam a number, that number, unfitted."""
+(scoring.crossfit), and for the `head` form the defect head fit on every training image -> fusion/fusion.json.
+With scoring.fusion.lam a number, that number, unfitted (the head is still fit)."""
 
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import log, run_stage, track
-from exdd_core.scoring.crossfit import Fit, fit_lambda, held_out_scores, synth_sources
+from exdd_core.scoring.crossfit import Fit, fit_final_head, fit_lambda, held_out_scores, synth_sources
 
 OUT = Path("fusion/fusion.json")
 
@@ -49,6 +50,20 @@ def known_defects(p: dict, grid: tuple[int, int], device: str) -> dict:
     return out
 
 
+def final_head(p: dict, fit: Fit) -> None:
+    """Fit the deployed defect head (form `head`, lam > 0) on every training image of the banks."""
+    if p["scoring"]["fusion"]["form"] != "head" or fit.lam == 0 or p["bank"]["defect_patches"] == "bbox_crop":
+        return
+    normal, defect = Store(Path("features/normal.zarr")), Store(Path("features/defect.zarr"))
+    held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
+    bank_ids = [i for i in normal.images if i not in held]
+    m_n = Store(Path("banks/normal.zarr")).read_all()
+    fit.head = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"])
+    if fit.head is None:
+        fit.lam = 0.0
+        fit.note = (fit.note + "; " if fit.note else "") + "no defect rows to fit the head on: lam 0"
+
+
 def main() -> str:
     p = load_params()
     fusion = p["scoring"]["fusion"]
@@ -75,9 +90,11 @@ def main() -> str:
             )
         else:
             scored = held_out_scores(
-                normal, defect, bank_ids, synth_sources(recipes), defects, p["bank"], folds, p["seed"], device
-            )
+                normal, defect, bank_ids, synth_sources(recipes), defects, p["bank"], folds, p["seed"], device,
+                head=fusion["form"] == "head",
+            )  # fmt: skip
             fit = fit_lambda(scored, fusion)
+    final_head(p, fit)
     if fit.note:
         log.info(fit.note)
     write_text_atomic(OUT, json.dumps(fit.as_dict(), indent=2) + "\n")

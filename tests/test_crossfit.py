@@ -97,3 +97,37 @@ def test_held_out_rows_never_in_their_fold_banks(tmp_path) -> None:
     # every row of the whole normal store is in some fold bank (ratio 1, min_size 1000): a held-out normal
     # image at distance 0 from its fold's M_N would mean its own rows leaked into that bank
     assert all(float(x.d_n.min()) > 1e-4 for x in scored if x.label == 0)
+
+
+def test_a_tie_says_the_evidence_never_fired() -> None:
+    """Defect bank far from every held-out cell: every lam scores the same, and the note says why."""
+    h = held(0)
+    for x in h:
+        x.d_p = x.d_p + 100.0  # type: ignore[operator]
+    fit = fit_lambda(h, FUSION)
+    assert fit.lam == 0.0 and len(set(fit.criterion.values())) == 1
+    assert fit.evidence["defect_cells_fired"] == 0 and fit.evidence["normal_cells_fired"] == 0
+    assert fit.evidence["defect_cells"] == 5 * 3 and fit.evidence["normal_cells"] == 10 * 12
+    assert "never changed a rank" in fit.note and "tau_P" in fit.note
+
+
+def test_head_form_uses_each_images_fold_logits() -> None:
+    """Form `head`: the criterion is computed from each held-out image's own head logits."""
+    h = held(1)
+    rng = np.random.default_rng(9)
+    for x in h:
+        z = rng.normal(-1.0, 0.5, 12).astype(np.float32)
+        if x.label:
+            z[:3] += 4.0  # the head sees the defect cells
+        x.head_z = torch.as_tensor(z)
+    fit = fit_lambda(h, {**FUSION, "form": "head"})
+    for lam in FUSION["candidates"]:
+        maps = [x.d_n.numpy() / x.tau_n + lam * np.maximum(0, x.head_z.numpy()) for x in h]  # type: ignore[union-attr]
+        image = roc_auc_score([x.label for x in h], [m.max() for m in maps])
+        keep = [(m, x) for m, x in zip(maps, h, strict=True) if not (x.label and x.cells is None)]
+        y = np.concatenate([x.cells if x.label else np.zeros(12, bool) for _, x in keep])
+        cell = roc_auc_score(y, np.concatenate([m for m, _ in keep]))
+        assert fit.criterion[lam] == pytest.approx(0.5 * (image + cell), rel=1e-6)
+    assert fit.lam > 0 and fit.note == ""
+    fired = fit.evidence
+    assert fired["defect_cells_fired"] == 15 and fired["normal_cells_fired"] < fired["normal_cells"] * 0.05

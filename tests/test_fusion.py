@@ -9,10 +9,17 @@ import torch
 from exdd_core.scoring import fusion
 
 
-def _ref_fused(dn: list[float], dp: list[float], tn: float, tp: float, lam: float, form: str) -> list[float]:
+def _ref_fused(
+    dn: list[float], dp: list[float], tn: float, tp: float, lam: float, form: str, z: list[float] | None = None
+) -> list[float]:
     out = []
-    for a, b in zip(dn, dp, strict=True):
-        g = max(0.0, 1.0 - b / tp) if form == "tau" else max(0.0, a - b) / tn
+    for i, (a, b) in enumerate(zip(dn, dp, strict=True)):
+        if form == "tau":
+            g = max(0.0, 1.0 - b / tp)
+        elif form == "margin":
+            g = max(0.0, a - b) / tn
+        else:
+            g = max(0.0, z[i])  # type: ignore[index]
         out.append(a / tn + lam * g)
     return out
 
@@ -21,19 +28,28 @@ def _ref_fused(dn: list[float], dp: list[float], tn: float, tp: float, lam: floa
 @pytest.mark.parametrize("lam", [0.0, 0.5, 2.0])
 def test_fused_map_matches_reference(form: str, lam: float) -> None:
     rng = np.random.default_rng(3)
-    dn, dp = rng.uniform(0, 2, 50), rng.uniform(0, 2, 50)
-    got = fusion.fused_map(torch.tensor(dn), torch.tensor(dp), 0.7, 0.4, lam, form).numpy()
-    np.testing.assert_allclose(got, _ref_fused(list(dn), list(dp), 0.7, 0.4, lam, form), rtol=1e-9)
+    dn, dp, z = rng.uniform(0, 2, 50), rng.uniform(0, 2, 50), rng.normal(0, 2, 50)
+    got = fusion.fused_map(torch.tensor(dn), torch.tensor(dp), 0.7, 0.4, lam, form, torch.tensor(z)).numpy()
+    ref = _ref_fused(list(dn), list(dp), 0.7, 0.4, lam, form, list(z))
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
 
 
 @pytest.mark.parametrize("form", fusion.FORMS)
 def test_fused_reduces_to_patchcore_without_evidence(form: str) -> None:
-    """Far-away (or absent) defect bank -> exactly d_N / tau_N, the PatchCore map up to a constant."""
+    """Far-away (or absent) defect bank, or a head that sees nothing -> exactly d_N / tau_N, the PatchCore
+    map up to a constant."""
     dn = torch.tensor([0.1, 0.5, 1.3])
     far = torch.tensor([10.0, 10.0, 10.0])
+    quiet = torch.tensor([-0.5, -3.0, 0.0])  # the head's logit at or below the normal rows' median
     for dp in (None, far):
-        got = fusion.fused_map(dn, dp, 0.5, 0.3, 3.0, form)
+        got = fusion.fused_map(dn, dp, 0.5, 0.3, 3.0, form, quiet)
         torch.testing.assert_close(got, dn / 0.5)
+    torch.testing.assert_close(fusion.fused_map(dn, far, 0.5, 0.3, 3.0, "head", None), dn / 0.5)
+
+
+def test_head_form_needs_logits() -> None:
+    with pytest.raises(ValueError, match="head_z"):
+        fusion.defect_evidence(torch.ones(2), torch.ones(2), 1.0, 1.0, "head")
 
 
 def test_evidence_is_non_negative_and_bounded_for_tau() -> None:

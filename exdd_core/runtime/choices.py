@@ -15,7 +15,7 @@ StoreDtype = Literal["float16", "float32"]
 CoresetMethod = Literal["auto", "plain", "pruned"]
 DefectPatches = Literal["mask", "bbox_crop"]
 ScoreMode = Literal["fused", "paper", "same_patch", "max_ratio"]
-FusionForm = Literal["tau", "margin"]
+FusionForm = Literal["tau", "margin", "head"]
 
 DEVICES: tuple[str, ...] = get_args(Device)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)

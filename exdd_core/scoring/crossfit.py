@@ -25,7 +25,8 @@ from exdd_core.banks.knn import Bank
 from exdd_core.banks.purify import defect_row_filter
 from exdd_core.data.records import SYNTHETIC_PREFIX
 from exdd_core.features.store import Store
-from exdd_core.scoring.fusion import fused_map, select_by_cv, topk_mean
+from exdd_core.scoring.defect_head import HEAD_MAX_NORMAL_ROWS, DefectHead, fit_head
+from exdd_core.scoring.fusion import defect_evidence, fused_map, select_by_cv, topk_mean
 
 
 @dataclass
@@ -39,6 +40,7 @@ class HeldOut:
     tau_p: float
     label: int
     cells: np.ndarray | None
+    head_z: torch.Tensor | None = None  # (h*w,) its fold's defect-head logits (form `head`)
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Fit:
     criterion: dict[float, float]  # candidate -> cross-fitted (image AUROC + cell AUROC) / 2
     images: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)  # where the evidence fired on held-out cells
+    head: DefectHead | None = None  # the final head (form `head`), fit on every training image
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +58,8 @@ class Fit:
             "criterion": {str(k): round(v, 6) for k, v in self.criterion.items()},
             "images": self.images,
             "note": self.note,
+            "evidence": self.evidence,
+            "head": None if self.head is None else self.head.to_dict(),
         }
 
 
@@ -68,6 +74,17 @@ def _rows_of(store: Store, ids: set[str]) -> np.ndarray:
     return np.flatnonzero(np.repeat(flags, np.diff(store.offsets)))
 
 
+def head_from_stores(
+    normal: Store, defect: Store, normal_ids: set[str], defect_rows: np.ndarray, seed: int
+) -> DefectHead | None:
+    """The defect head fit on a seeded sample of the rows of `normal_ids` against the defect store's rows
+    `defect_rows` (indices): only the sampled normal rows are read."""
+    rows = _rows_of(normal, normal_ids)
+    if len(rows) > HEAD_MAX_NORMAL_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, HEAD_MAX_NORMAL_ROWS, replace=False))
+    return fit_head(normal.take(rows), defect.take(defect_rows), seed)
+
+
 def held_out_scores(
     normal: Store,
     defect: Store,
@@ -78,8 +95,10 @@ def held_out_scores(
     folds: int,
     seed: int,
     device: str = "cpu",
+    head: bool = False,
 ) -> list[HeldOut]:
-    """Every held-out image of every fold, scored against banks built without its fold.
+    """Every held-out image of every fold, scored against banks (and, with `head`, a defect head) built
+    without its fold.
 
     `bank_ids`: the normal images the normal bank is built from; `synth_sources`: synthetic id -> the
     training image ids it was painted into or with; `defect_images`: known defective training image id ->
@@ -112,13 +131,49 @@ def held_out_scores(
         bank_p = Bank(m_p, device) if len(m_p) else None
         tau_n = float(np.median(spacing)) if len(spacing) else 1.0
         tau_p = (normal_nn_scale(bank_p) if bank_p is not None else None) or 1.0
+        h = head_from_stores(normal, defect, set(bank_ids) - held_n, candidates, seed) if head else None
         queries = [(r, 0, None) for _, i, r, _ in normal.iter_images() if i in held_n]
         queries += [(rows, 1, cells) for i, (rows, cells) in defect_images.items() if i in held_d]
         for rows, label, cells in queries:
             d_n = bank_n.knn(rows, 1)[0][:, 0].cpu()
             d_p = bank_p.knn(rows, 1)[0][:, 0].cpu() if bank_p is not None else None
-            out.append(HeldOut(d_n, d_p, tau_n, tau_p, label, cells))
+            z = h.logits(rows).cpu() if h is not None and d_p is not None else None
+            out.append(HeldOut(d_n, d_p, tau_n, tau_p, label, cells, z))
     return out
+
+
+def evidence_report(held: list[HeldOut], form: str) -> dict[str, Any]:
+    """On how many held-out grid cells the defect evidence g is > 0: on cells a mask marks as defect, and
+    on cells of normal images. A tie of every candidate with few firings says why lam fell back to 0."""
+    fired = {"defect_cells": 0, "defect_cells_fired": 0, "normal_cells": 0, "normal_cells_fired": 0}
+    for h in held:
+        if h.d_p is None or (form == "head" and h.head_z is None):
+            continue
+        g = defect_evidence(h.d_n, h.d_p, h.tau_n, h.tau_p, form, h.head_z).numpy() > 0  # type: ignore[arg-type]
+        if h.label == 0:
+            fired["normal_cells"] += g.size
+            fired["normal_cells_fired"] += int(g.sum())
+        elif h.cells is not None:
+            fired["defect_cells"] += int(h.cells.sum())
+            fired["defect_cells_fired"] += int(g[h.cells].sum())
+    return fired
+
+
+def never_fired_note(criterion: dict[float, float], fired: dict[str, Any], form: str) -> str:
+    """A sentence for the log and metrics.json when every candidate lam scored the same, else ''."""
+    if len(criterion) < 2 or max(criterion.values()) - min(criterion.values()) > 1e-9:
+        return ""
+    why = {
+        "tau": "no held-out cell was closer to M_P than M_P's own spacing (tau_P)",
+        "margin": "no held-out cell was closer to M_P than to M_N",
+        "head": "the defect head's logit stayed below the normal rows' median on every held-out cell",
+    }[form]
+    return (
+        f"the defect evidence never changed a rank on held-out training images (every lam scored "
+        f"{next(iter(criterion.values())):.6f}): it fired on {fired['defect_cells_fired']} of "
+        f"{fired['defect_cells']} defect cells and {fired['normal_cells_fired']} of {fired['normal_cells']} "
+        f"normal cells; where it never fires, {why}. lam 0: the score is PatchCore's"
+    )
 
 
 def fit_lambda(held: list[HeldOut], fusion: dict[str, Any]) -> Fit:
@@ -132,7 +187,7 @@ def fit_lambda(held: list[HeldOut], fusion: dict[str, Any]) -> Fit:
     criterion: dict[float, float] = {}
 
     def crit(lam: float) -> float:
-        maps = [fused_map(h.d_n, h.d_p, h.tau_n, h.tau_p, lam, fusion["form"]) for h in held]
+        maps = [fused_map(h.d_n, h.d_p, h.tau_n, h.tau_p, lam, fusion["form"], h.head_z) for h in held]
         image = roc_auc_score(labels, [topk_mean(m, fusion["topk"]) for m in maps])
         px = [
             (m.numpy(), h.cells if h.label else np.zeros(m.numel(), bool))
@@ -145,7 +200,8 @@ def fit_lambda(held: list[HeldOut], fusion: dict[str, Any]) -> Fit:
         return criterion[float(lam)]
 
     lam = select_by_cv(fusion["candidates"], crit, fusion["tolerance"])
-    return Fit(float(lam), criterion, images)
+    fired = evidence_report(held, fusion["form"])
+    return Fit(float(lam), criterion, images, never_fired_note(criterion, fired, fusion["form"]), fired)
 
 
 def synth_sources(recipes: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -155,3 +211,14 @@ def synth_sources(recipes: list[dict[str, Any]]) -> dict[str, set[str]]:
         for r in recipes
         if str(r.get("id", "")).startswith(SYNTHETIC_PREFIX)
     }
+
+
+def fit_final_head(
+    normal: Store, defect: Store, bank_ids: list[str], m_n: np.ndarray, bank: dict[str, Any], seed: int
+) -> DefectHead | None:
+    """The deployed defect head: every normal image of the bank against every defect row the bank stage
+    keeps (purified and pseudo-masked against the full M_N `m_n`, as banks/defect.zarr's candidates)."""
+    bank_n = Bank(m_n)
+    spacing = normal_self_nn(bank_n)
+    keep = defect_row_filter(defect, bank_n, bank["purify"], bank["pseudo_top"], spacing).keep
+    return head_from_stores(normal, defect, set(bank_ids), np.flatnonzero(keep), seed)

@@ -9,6 +9,10 @@ PatchCore (d_N, in units of the normal bank's spacing) whenever M_P is empty, us
 
     s(x) = d_N(x) / tau_N + lam * g(x),   g(x) = relu(1 - d_P(x) / tau_P)         (form "tau")
                                           g(x) = relu(d_N(x) - d_P(x)) / tau_N      (form "margin")
+                                          g(x) = relu(z(x))                          (form "head")
+
+z is the defect head's standardised logit (`scoring.defect_head`: a linear classifier of normal training rows
+against defect-bank rows, median 0 and robust spread 1 on normal rows).
 
 tau_N / tau_P are each bank's own scale: the median of its rows' distances to their nearest other row
 (`banks.health.normal_nn_scale`; no test data, no labels). Before its coreset, M_P is purified against M_N
@@ -35,12 +39,22 @@ from exdd_core.runtime.choices import FusionForm as Form
 
 
 def defect_evidence(
-    d_n: torch.Tensor, d_p: torch.Tensor, tau_n: float, tau_p: float, form: Form = "tau"
+    d_n: torch.Tensor,
+    d_p: torch.Tensor,
+    tau_n: float,
+    tau_p: float,
+    form: Form = "tau",
+    head_z: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """g >= 0 per patch, exactly 0 where there is no defect evidence.
 
     `tau`: relu(1 - d_P / tau_P), in [0, 1]: 1 on a defect row, 0 beyond the defect bank's own spacing.
-    `margin`: relu(d_N - d_P) / tau_N: how much closer the patch is to a known defect than to normal."""
+    `margin`: relu(d_N - d_P) / tau_N: how much closer the patch is to a known defect than to normal.
+    `head`: relu(z), z (n,) the defect head's standardised logit of each patch."""
+    if form == "head":
+        if head_z is None:
+            raise ValueError("form 'head' needs the defect head's logits (head_z)")
+        return torch.clamp(head_z, min=0.0)
     if form == "tau":
         return torch.clamp(1.0 - d_p / tau_p, min=0.0)
     if form == "margin":
@@ -55,16 +69,17 @@ def fused_map(
     tau_p: float,
     lam: float,
     form: Form = "tau",
+    head_z: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d_N / tau_N + lam * g: PatchCore's map (rescaled by a constant) plus defect evidence on top.
 
-    With `d_p` None (empty defect bank) or lam == 0 it is exactly d_N / tau_N."""
+    With `d_p` None (empty defect bank), lam == 0, or form `head` without a head, it is exactly d_N / tau_N."""
     if tau_n <= 0 or tau_p <= 0:
         raise ValueError(f"scales must be > 0, got tau_n={tau_n}, tau_p={tau_p}")
     base = d_n / tau_n
-    if d_p is None or lam == 0:
+    if d_p is None or lam == 0 or (form == "head" and head_z is None):
         return base
-    return base + lam * defect_evidence(d_n, d_p, tau_n, tau_p, form)
+    return base + lam * defect_evidence(d_n, d_p, tau_n, tau_p, form, head_z)
 
 
 def topk_mean(values: torch.Tensor, k: int = 1) -> float:
@@ -84,9 +99,11 @@ def fused_scores(
     lam: float,
     form: Form = "tau",
     topk: int = 1,
+    head_z: torch.Tensor | None = None,
 ) -> tuple[float, np.ndarray]:
-    """One image: per-patch d_N (h*w,) and d_P (h*w,) or None -> (image score, (h, w) grid map)."""
-    m = fused_map(d_n, d_p, tau_n, tau_p, lam, form)
+    """One image: per-patch d_N (h*w,), d_P (h*w,) or None, head logits (h*w,) or None -> (image score,
+    (h, w) grid map)."""
+    m = fused_map(d_n, d_p, tau_n, tau_p, lam, form, head_z)
     return topk_mean(m, topk), m.reshape(grid).cpu().numpy()
 
 

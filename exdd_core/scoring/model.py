@@ -17,6 +17,7 @@ from exdd_core.banks.health import normal_nn_scale
 from exdd_core.features.store import Store
 from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
+from exdd_core.scoring.defect_head import DefectHead
 from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
 from exdd_core.scoring.fusion import fused_scores
 from exdd_core.scoring.maps import anomaly_map
@@ -35,13 +36,15 @@ class ScoringSettings:
     fusion: dict[str, Any] = field(default_factory=lambda: {"form": "tau", "lam": 0.0, "topk": 1})
 
     @classmethod
-    def from_params(cls, scoring: dict[str, Any], lam: float | None = None) -> ScoringSettings:
-        """From the `scoring` params (or a card's `scoring`); `lam` is the fitted fusion weight when
-        scoring.fusion.lam is `cv` (fit_fusion's output)."""
+    def from_params(cls, scoring: dict[str, Any]) -> ScoringSettings:
+        """From the `scoring` params with fit_fusion's lam (and head) filled in, or from a card's `scoring`.
+        The defect head travels only with the `head` form (it is None when lam is 0)."""
         f = scoring.get("fusion") or {"form": "tau", "lam": 0.0, "topk": 1}
-        weight = f["lam"] if lam is None else lam
-        if weight == "cv":
+        if f["lam"] == "cv":
             raise ValueError("scoring.fusion.lam is 'cv': pass the cross-fitted value (fusion/fusion.json)")
+        fusion = {"form": str(f["form"]), "lam": float(f["lam"]), "topk": int(f["topk"])}
+        if fusion["form"] == "head":
+            fusion["head"] = f.get("head")
         return cls(
             mode=str(scoring["mode"]),
             neighbors=int(scoring["neighbors"]),
@@ -49,7 +52,7 @@ class ScoringSettings:
             sigma=float(scoring["sigma"]),
             map_reweight=bool(scoring["map_reweight"]),
             map_8bit=bool(scoring["map_8bit"]),
-            fusion={"form": str(f["form"]), "lam": float(weight), "topk": int(f["topk"])},
+            fusion=fusion,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +103,8 @@ class ExddModel:
         self.normal_scale = normal_nn_scale(self.normal.bank)  # also M_N's scale of the bank's health
         self.tau_n = self.normal_scale or 1.0
         self.tau_p = (normal_nn_scale(self.defect.bank) if self.defect is not None else None) or 1.0
+        head = settings.fusion.get("head")
+        self.head = DefectHead.from_dict(head) if head else None  # the fused `head` form's classifier
 
     @classmethod
     def from_stores(
@@ -138,9 +143,10 @@ class ExddModel:
         res = score_image(rows, self.grid, self.normal, self.defect, eps=s.eps, map_reweight=s.map_reweight)
         f = s.fusion
         d_p = None if res.defect_map is None else torch.as_tensor(res.defect_map.reshape(-1))
+        z = self.head.logits(rows).cpu() if self.head is not None and f["form"] == "head" else None
         score, fused = fused_scores(
             torch.as_tensor(res.normal_map.reshape(-1)), d_p, self.grid,
-            tau_n=self.tau_n, tau_p=self.tau_p, lam=f["lam"], form=f["form"], topk=f["topk"],
+            tau_n=self.tau_n, tau_p=self.tau_p, lam=f["lam"], form=f["form"], topk=f["topk"], head_z=z,
         )  # fmt: skip
         res.exdd["fused"] = score
         return ScoredImage(res, self, fused)

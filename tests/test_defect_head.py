@@ -1,0 +1,65 @@
+"""The defect head (scoring.defect_head) against a plain scikit-learn pipeline, and its standardisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from exdd_core.scoring.defect_head import HEAD_C, DefectHead, fit_head, sample_rows
+
+
+def rows(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normal rows around a shared positive mean (as ReLU features), defect rows shifted along 3 channels."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(5.0, 1.0, (900, 12)).astype(np.float32)
+    defect = rng.normal(5.0, 1.0, (60, 12)).astype(np.float32)
+    defect[:, :3] += 2.5
+    return normal, defect
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_head_is_the_standardised_logit_of_a_plain_pipeline(seed: int) -> None:
+    normal, defect = rows(seed)
+    head = fit_head(normal, defect, seed)
+    assert head is not None
+    ref = make_pipeline(
+        StandardScaler(), LogisticRegression(C=HEAD_C, class_weight="balanced", max_iter=500, tol=1e-6)
+    )
+    x = np.concatenate([normal, defect]).astype(np.float64)
+    ref.fit(x, np.r_[np.zeros(len(normal)), np.ones(len(defect))])
+    raw = ref.decision_function(normal.astype(np.float64))
+    centre, spread = np.median(raw), (np.quantile(raw, 0.99) - np.median(raw)) / 2.326
+    probe = np.random.default_rng(seed + 7).normal(5.5, 1.5, (40, 12)).astype(np.float32)
+    want = (ref.decision_function(probe.astype(np.float64)) - centre) / spread
+    np.testing.assert_allclose(head.logits(torch.as_tensor(probe)).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_standardised_on_normal_rows_and_separates_defects() -> None:
+    normal, defect = rows(2)
+    head = fit_head(normal, defect, 0)
+    assert head is not None
+    zn, zd = head.logits(normal).numpy(), head.logits(defect).numpy()
+    assert abs(np.median(zn)) < 1e-4
+    assert np.quantile(zn, 0.99) == pytest.approx(2.326, rel=1e-3)
+    assert np.median(zd) > 3.5  # most defect rows sit beyond 99.9 % of the normal rows
+
+
+def test_no_evidence_no_head_and_round_trip() -> None:
+    normal, defect = rows(3)
+    assert fit_head(normal, defect[:1], 0) is None and fit_head(normal[:0], defect, 0) is None
+    head = fit_head(normal, defect, 0)
+    assert head is not None
+    again = DefectHead.from_dict(head.to_dict())
+    torch.testing.assert_close(again.logits(normal), head.logits(normal))
+
+
+def test_sample_rows_is_seeded_and_ordered() -> None:
+    x = np.arange(100)[:, None]
+    a, b = sample_rows(x, 10, 4), sample_rows(x, 10, 4)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 10 and np.all(np.diff(a[:, 0]) > 0)
+    assert sample_rows(x, 200, 4) is x
