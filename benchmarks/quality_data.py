@@ -4,7 +4,10 @@ Why: comparing scoring variants must not re-run the backbone. Each (data set, da
 PNGs in the KSDD2 layout (normal train, a few defective train images with masks, test normal + defective with
 masks), synthetic defects are painted by the project's own procedural synthesiser exactly as the pipeline's
 `synthesize` stage does, and every image's patch features (the project's extractor, seeded random WRN50,
-backbone seed 0 as the held-out runs) are stored as one float16 npz per (data set, seed, aggregation).
+backbone seed 0 as the held-out runs) are stored as one float16 npz per (backbone, data set, seed, aggregation).
+The default backbone is EfficientNet-Lite0 with its registry ImageNet weights, extracted at layers 2, 3 and 4:
+a layer set is a slice of the channels (each layer is aggregated on its own and resized to layer 2's grid), so
+layer choices are compared without a second extraction. `random` is the seeded random WRN50 of earlier runs.
 
 Data sets differ in surface, colour, defect family, defect thickness and image size. `gravel` (a real photo,
 mixed defects, 316x112: closest to the held-out sets) is kept unseen until the variant is chosen.
@@ -31,7 +34,11 @@ COUNTS = {"train_normal": 120, "train_defective": 15, "test_normal": 60, "test_d
 QUICK_COUNTS = {"train_normal": 60, "train_defective": 10, "test_normal": 30, "test_defective": 20}
 SYNTH_MAX = 100  # sample i depends on (seed, i) only, so count 12/50 are the first 12/50 of these
 TEXTURE_FILES = ("brick.png", "gravel.png", "grass.png")
-BACKBONE = {"name": "wide_resnet50_2", "weights": "random", "layers": [2, 3]}
+BACKBONES = {
+    "lite0": {"name": "tf_efficientnet_lite0", "weights": "imagenet", "layers": [2, 3, 4]},
+    "random": {"name": "wide_resnet50_2", "weights": "random", "layers": [2, 3]},
+}
+LAYER_SETS = {"lite0": {"2+3": (0, 152), "2+3+4": (0, 472), "3+4": (40, 472)}, "random": {"2+3": (0, 1536)}}
 BACKBONE_SEED = 0  # the held-out runs used seed 0 for the random backbone
 
 
@@ -191,7 +198,13 @@ def write_dataset(spec: DataSpec, seed: int, root: Path, photos: dict, counts: d
 
 
 def build_features(
-    spec: DataSpec, seed: int, cache: Path, photos: dict, counts: dict, log: Callable = print
+    spec: DataSpec,
+    seed: int,
+    cache: Path,
+    photos: dict,
+    counts: dict,
+    log: Callable = print,
+    backbone: str = "lite0",
 ) -> Path:
     """Render, synthesise and extract one (data set, seed) for both aggregations; returns the npz folder."""
     import torch
@@ -199,8 +212,13 @@ def build_features(
     from exdd_core.features.extract import _bbox_crop_rows, make_extractor
     from exdd_core.synth.run import ProceduralBackend, synthesize
 
-    folder = cache / f"{spec.name}_s{seed}"
+    folder = cache / backbone / f"{spec.name}_s{seed}"
     done = folder / "done.json"
+    if not photos and spec.surface.startswith("photo:"):
+        raise FileNotFoundError(
+            f"{cache / 'textures'}: no texture photos; run `pip download --no-deps scikit-image -d /tmp/skw` "
+            f"and `python benchmarks/quality_data.py --textures /tmp/skw/scikit_image-*.whl`"
+        )
     if done.exists():
         return folder
     t0 = time.perf_counter()
@@ -241,7 +259,7 @@ def build_features(
     }
     masks = {k: np.stack([load_mask(r.mask_path, spec.size) for r in v]) for k, v in sets.items()}
     for agg in ("padded_bilinear", "authors_code"):
-        ext = make_extractor(BACKBONE, {"patch_size": 3, "aggregation": agg}, BACKBONE_SEED, "cpu")
+        ext = make_extractor(BACKBONES[backbone], {"patch_size": 3, "aggregation": agg}, BACKBONE_SEED, "cpu")
         feats: dict[str, np.ndarray] = {}
         for key, rs in sets.items():
             if agg == "authors_code" and key in ("dtrain", "synth"):  # rows D/J: bbox crops at 128x128
@@ -277,7 +295,14 @@ def load_photos(textures: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p).convert("L"), dtype=np.float64) for p in textures.glob("*.png")}
 
 
-def build_all(cache: Path, seeds: list[int], names: list[str], counts: dict, log: Callable = print) -> float:
+def build_all(
+    cache: Path,
+    seeds: list[int],
+    names: list[str],
+    counts: dict,
+    log: Callable = print,
+    backbone: str = "lite0",
+) -> float:
     """Build every missing (data set, seed) cache, seed-major so seed 0 of every set is ready first."""
     import torch
 
@@ -286,14 +311,20 @@ def build_all(cache: Path, seeds: list[int], names: list[str], counts: dict, log
     t0 = time.perf_counter()
     for seed in seeds:
         for name in names:
-            build_features(SPECS[name], seed, cache, photos, counts, log)
+            build_features(SPECS[name], seed, cache, photos, counts, log, backbone)
     return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
+    import os
 
-    root = Path(__file__).resolve().parents[1] / ".quality-cache"
-    secs = build_all(root, [0, 1, 2], list(SPECS), COUNTS)
+    ap = argparse.ArgumentParser(description="build the dev suite's feature cache")
+    ap.add_argument("--textures", type=Path, help="a scikit-image wheel to take the texture photos from")
+    ap.add_argument("--backbone", choices=tuple(BACKBONES), default="lite0")
+    args = ap.parse_args()
+    root = Path(os.environ.get("EXDD_QUALITY_CACHE", Path(__file__).resolve().parents[1] / ".quality-cache"))
+    if args.textures:
+        extract_textures(args.textures, root / "textures")
+    secs = build_all(root, [0, 1, 2], list(SPECS), COUNTS, backbone=args.backbone)
     print(f"feature_extraction_seconds: {secs:.0f}")
-    sys.exit(0)

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_data import SPECS
+from quality_data import LAYER_SETS, SPECS
 
 from exdd_core.banks.coreset import coreset_size, greedy_coreset
 from exdd_core.banks.health import normal_self_nn
@@ -31,6 +31,7 @@ from exdd_core.evaluation.pixel_metrics import pixel_report
 from exdd_core.features.patches import mask_coverage
 from exdd_core.features.projection import projection_matrix
 from exdd_core.scoring import fusion
+from exdd_core.scoring.defect_head import HEAD_C, fit_head
 from exdd_core.scoring.dual import ScoringBank, score_image
 from exdd_core.scoring.maps import anomaly_map
 
@@ -52,13 +53,22 @@ def coreset_rows(rows: np.ndarray, ratio: float, seed: int, min_size: int = 1000
 class Ctx:
     """One (data set, seed): cached features, the normal banks (full and per fold), defect-row candidates."""
 
-    def __init__(self, name: str, seed: int, agg: str = "padded_bilinear") -> None:
+    def __init__(
+        self,
+        name: str,
+        seed: int,
+        agg: str = "padded_bilinear",
+        backbone: str = "lite0",
+        layers: str = "2+3",
+    ) -> None:
         self.name, self.seed, self.spec = name, seed, SPECS[name]
-        self.folder = CACHE / f"{name}_s{seed}"
+        self.folder = CACHE / backbone / f"{name}_s{seed}"
         f = np.load(self.folder / f"feat_{agg}.npz")
         m = np.load(self.folder / "masks.npz")
         self.grid = tuple(int(v) for v in f["grid"])
-        self.feats = {k: f[k] for k in f.files if k != "grid"}
+        a, b = LAYER_SETS[backbone][layers]  # a layer set is a slice of the cached channels
+        self.feats = {k: np.ascontiguousarray(f[k][..., a:b]) for k in f.files if k != "grid"}
+        self.layers = layers
         self.masks = {k[5:]: m[k] for k in m.files if k.startswith("mask_")}
         self.labels = m["labels"]
         self.syn_normal, self.syn_mask, self.syn_index = m["syn_normal"], m["syn_mask"], m["syn_index"]
@@ -70,7 +80,7 @@ class Ctx:
 
     def normal_bank(self, fold: int | None = None) -> torch.Tensor:
         """M_N rows (full, or without fold `fold`); coreset indices cached on disk."""
-        key = f"{self.agg}_f{fold}"
+        key = f"{self.agg}_{self.layers}_f{fold}"
         path = self.folder / f"bank_{key}.npy"
         keep = np.arange(self.n_normal) if fold is None else np.flatnonzero(self.fold_of_normal != fold)
         rows = self.feats["normal"][keep].reshape(-1, self.feats["normal"].shape[-1])
@@ -125,13 +135,19 @@ def nn1(bank: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return d[:, 0], i[:, 0]
 
 
+def purify(rows: torch.Tensor, normal: torch.Tensor, purify_q: float | None) -> torch.Tensor:
+    """Drop defect rows closer to M_N than the q-quantile of M_N's own spacing (None: keep all)."""
+    if len(rows) and purify_q is not None:
+        dn, _ = nn1(normal, rows)
+        rows = rows[dn >= float(np.quantile(normal_self_nn(Bank(normal)), purify_q))]
+    return rows
+
+
 def build_defect_bank(
     rows: torch.Tensor, normal: torch.Tensor, purify_q: float | None, seed: int
 ) -> torch.Tensor:
     """Purify against M_N (optional), then the project's 10 % coreset (min 1000)."""
-    if len(rows) and purify_q is not None:
-        dn, _ = nn1(normal, rows)
-        rows = rows[dn >= float(np.quantile(normal_self_nn(Bank(normal)), purify_q))]
+    rows = purify(rows, normal, purify_q)
     if len(rows) == 0:
         return rows
     return rows[torch.as_tensor(coreset_rows(rows.numpy(), 0.1, seed))]
@@ -170,6 +186,15 @@ class Scorer:
         rows = self.ctx.defect_rows(b["real"], b["synth"], b["thr"], b["dilate"], fold)
         return build_defect_bank(rows, self.mn if normal is None else normal, b["purify"], self.ctx.seed)
 
+    def head(self, b: dict, fold: int | None = None, c: float = HEAD_C):
+        """The defect head fit on training rows outside `fold`: normal rows against purified defect rows."""
+        ctx = self.ctx
+        mn = self.mn if fold is None else ctx.normal_bank(fold)
+        rows = purify(ctx.defect_rows(b["real"], b["synth"], b["thr"], b["dilate"], fold), mn, b["purify"])
+        keep = np.arange(ctx.n_normal) if fold is None else np.flatnonzero(ctx.fold_of_normal != fold)
+        normal = ctx.feats["normal"][keep].reshape(-1, ctx.feats["normal"].shape[-1])
+        return fit_head(normal, rows.numpy(), ctx.seed, c)
+
     def run(self, v: dict) -> tuple[tuple[float, float, float], dict]:
         ctx, g = self.ctx, self.ctx.grid
         if v["kind"] == "patchcore":
@@ -198,6 +223,10 @@ class Scorer:
         if lam == "cv":
             lam = self.fit_lambda(v)
             info["lam"] = lam
+        z = None
+        if v["form"] == "head":
+            h = self.head(v["bank"], None, v.get("c", HEAD_C))
+            z = None if h is None else h.logits(self.test)
         scores, maps = [], []
         for i in range(self.n_img):
             sl = slice(i * self.p, (i + 1) * self.p)
@@ -210,6 +239,7 @@ class Scorer:
                 lam=lam,
                 form=v["form"],
                 topk=v["topk"],
+                head_z=None if z is None else z[sl],
             )
             scores.append(s)
             maps.append(m)
@@ -267,13 +297,14 @@ class Scorer:
 
         return fusion.select_by_cv(GAMMAS, crit)
 
-    def cv_data(self, b: dict) -> tuple:
-        """Cross-fitted per-patch (d_N, d_P) of held-out training images, banks built without their fold."""
-        key = repr(sorted(b.items()))
+    def cv_data(self, b: dict, c: float | None = None) -> tuple:
+        """Cross-fitted per-patch (d_N, d_P, head logits or None) of held-out training images, banks and head
+        (when `c` is given: its L2 strength) built without their fold."""
+        key = repr((sorted(b.items()), c))
         if key in self._cv:
             return self._cv[key]
         ctx = self.ctx
-        dns, dps, labels, cells, taus = [], [], [], [], []
+        dns, dps, zs, labels, cells, taus = [], [], [], [], [], []
         cov = ctx.coverage("dtrain")
         for f in range(FOLDS):
             mn = ctx.normal_bank(f)
@@ -286,24 +317,28 @@ class Scorer:
             x = torch.as_tensor(np.concatenate(q).astype(np.float32))
             dn = nn1(mn, x)[0].reshape(len(q), -1)
             dp = nn1(mp, x)[0].reshape(len(q), -1) if len(mp) else None
+            h = self.head(b, f, c) if c is not None else None
+            z = h.logits(x).reshape(len(q), -1) if h is not None else None
             for j in range(len(q)):
                 dns.append(dn[j])
                 dps.append(None if dp is None else dp[j])
+                zs.append(None if z is None else z[j])
                 taus.append((tn, tp))
                 labels.append(lab[j])
                 k = j - (len(q) - len(di))
                 cells.append(cov[di[k]] >= 0.25 if lab[j] else np.zeros(dn.shape[1], bool))
-        self._cv[key] = (dns, dps, np.array(labels), cells, taus)
+        self._cv[key] = (dns, dps, zs, np.array(labels), cells, taus)
         return self._cv[key]
 
     def fit_lambda(self, v: dict) -> float:
         """lam from LAMS by cross-fitted (image AUROC + grid-cell AUROC) / 2 on training folds; ties -> smaller."""
-        dns, dps, labels, cells, taus = self.cv_data(v["bank"])
+        c = v.get("c", HEAD_C) if v["form"] == "head" else None
+        dns, dps, zs, labels, cells, taus = self.cv_data(v["bank"], c)
 
         def crit(lam: float) -> float:
             maps = [
-                fusion.fused_map(dn, dp, tn, tp, lam, v["form"])
-                for dn, dp, (tn, tp) in zip(dns, dps, taus, strict=True)
+                fusion.fused_map(dn, dp, tn, tp, lam, v["form"], z)
+                for dn, dp, z, (tn, tp) in zip(dns, dps, zs, taus, strict=True)
             ]
             img = [fusion.topk_mean(m, v["topk"]) for m in maps]
             y = np.concatenate(cells)
@@ -313,10 +348,12 @@ class Scorer:
         return fusion.select_by_cv(LAMS, crit)
 
 
-def run_authors(name: str, seed: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def run_authors(
+    name: str, seed: int, backbone: str = "lite0", layers: str = "2+3"
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """The authors_code preset (rows A-J): its own features, bbox-crop defect bank, b=2, 8-bit unreweighted
     ratio map, mode paper; returns (preset, PatchCore on the same features)."""
-    ctx = Ctx(name, seed, "authors_code")
+    ctx = Ctx(name, seed, "authors_code", backbone, layers)
     mn = ctx.normal_bank()
     f = ctx.feats
     rows = np.concatenate(
