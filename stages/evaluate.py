@@ -60,9 +60,12 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
     m = res.metrics
     # the head's weights travel in the card (eval/model.json), not in the metrics `dvc metrics show` lists
     head = fit.get("head")
-    m["fusion"] = {**{k: v for k, v in fit.items() if k != "head"}, "head_dim": len(head["weight"]) if head else 0}
+    m["fusion"] = {
+        **{k: v for k, v in fit.items() if k != "head"},
+        "head_dim": len(head["weight"]) if head else 0,
+    }
     if fit.get("note"):
-        log.warning("fusion: %s", fit["note"])
+        log.info("fusion: %s", fit["note"])
     weights = p["backbone"]["weights"]
     comparable = p["data"]["source"] == "ksdd2" and weights != "random"
     m["profile"] = {

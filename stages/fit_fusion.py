@@ -95,8 +95,8 @@ def main() -> str:
             )  # fmt: skip
             fit = fit_lambda(scored, fusion)
     final_head(p, fit)
-    if fit.note:
-        log.info(fit.note)
+    if fit.note:  # a cross-fit whose candidates all tied is worth a warning: the defect bank never helped
+        (log.warning if fit.criterion else log.info)(fit.note)
     write_text_atomic(OUT, json.dumps(fit.as_dict(), indent=2) + "\n")
     tried = ", ".join(f"{k}: {v:.4f}" for k, v in fit.criterion.items()) or "none"
     return f"lam {fit.lam} ({fusion['form']}, top-{fusion['topk']}); cross-fitted criterion {tried} -> {OUT}"

@@ -208,7 +208,7 @@ def test_score_equals_evaluate_on_test_images(project) -> None:
     p = exdd(["score", *map(str, images), "--banks", "banks", "--out", "scored"], root, env)
     assert p.returncode == 0, p.stderr[-3000:]
     log = " ".join(p.stderr.split())  # rich wraps lines at 80 columns without a terminal
-    assert "score done in" in log and "on cpu with resnet18" in log  # the one summary line
+    assert "score done in" in log and "on cpu with tf_efficientnet_lite0" in log  # the one summary line
 
     card = json.loads((root / "eval" / "model.json").read_text())
     metrics = json.loads((root / "metrics.json").read_text())
@@ -252,7 +252,11 @@ def test_info_on_banks_and_features(project) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads(p.stdout)
     normal = info["banks/normal.zarr"]
-    assert normal["rows"] == 20 and normal["coverage_radius"] > 0 and normal["backbone"] == "resnet18"
+    assert (
+        normal["rows"] == 20
+        and normal["coverage_radius"] > 0
+        and normal["backbone"] == "tf_efficientnet_lite0"
+    )
     p = exdd(["info", "features/test.zarr"], root, env)
     assert p.returncode == 0 and "image_size" in p.stdout and "128" in p.stdout
 

@@ -63,3 +63,30 @@ def test_sample_rows_is_seeded_and_ordered() -> None:
     np.testing.assert_array_equal(a, b)
     assert len(a) == 10 and np.all(np.diff(a[:, 0]) > 0)
     assert sample_rows(x, 200, 4) is x
+
+
+def test_model_scores_with_the_head_as_the_plain_formula() -> None:
+    """ExddModel with form `head`: fused map = d_N / tau_N + lam * relu(z), image score its max; d_N from a
+    brute-force nearest neighbour, z from the head's weights."""
+    from exdd_core.scoring.model import ExddModel, ScoringSettings
+
+    normal, defect = rows(4)
+    head = fit_head(normal, defect, 0)
+    assert head is not None
+    scoring = {
+        "mode": "fused", "neighbors": 2, "eps": 1e-6, "sigma": 1.0, "map_reweight": True, "map_8bit": False,
+        "fusion": {"form": "head", "lam": 0.7, "topk": 1, "head": head.to_dict()},
+    }  # fmt: skip
+    model = ExddModel(normal[:300], defect[:40], ScoringSettings.from_params(scoring), (16, 20), (4, 5))
+    image = np.random.default_rng(5).normal(5.0, 1.0, (20, 12)).astype(np.float32)
+    image[7, :3] += 3.0  # one defect-like patch
+    got = model.score(image)
+    d_n = np.sqrt(((image[:, None, :].astype(np.float64) - normal[None, :300]) ** 2).sum(-1)).min(1)
+    z = image.astype(np.float64) @ head.weight.astype(np.float64) + head.bias
+    want = d_n / model.tau_n + 0.7 * np.maximum(z, 0.0)
+    np.testing.assert_allclose(got.fused_map.reshape(-1), want, rtol=1e-4)
+    assert got.result.exdd["fused"] == pytest.approx(want.max(), rel=1e-4)
+    # without the head (lam 0 leaves none in fusion.json) the same settings give PatchCore's map / tau_N
+    plain = {**scoring, "fusion": {**scoring["fusion"], "head": None}}
+    base = ExddModel(normal[:300], defect[:40], ScoringSettings.from_params(plain), (16, 20), (4, 5))
+    np.testing.assert_allclose(base.score(image).fused_map.reshape(-1), d_n / base.tau_n, rtol=1e-4)

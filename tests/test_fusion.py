@@ -10,7 +10,13 @@ from exdd_core.scoring import fusion
 
 
 def _ref_fused(
-    dn: list[float], dp: list[float], tn: float, tp: float, lam: float, form: str, z: list[float] | None = None
+    dn: list[float],
+    dp: list[float],
+    tn: float,
+    tp: float,
+    lam: float,
+    form: str,
+    z: list[float] | None = None,
 ) -> list[float]:
     out = []
     for i, (a, b) in enumerate(zip(dn, dp, strict=True)):

@@ -102,11 +102,13 @@ def test_repro_outputs(project):
     root, _ = project
     m = json.loads((root / "metrics.json").read_text())
     assert set(m["modes"]) == {"fused", "paper", "same_patch", "max_ratio"} and m["exdd"]["mode"] == "fused"
-    assert m["fusion"]["lam"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) and m["fusion"]["images"]["defective"] == 3
+    assert m["fusion"]["lam"] == 1.0 and m["fusion"]["head_dim"] == 152  # the default: the defect head, lam 1
+    card = json.loads((root / "eval" / "model.json").read_text())
+    assert len(card["scoring"]["fusion"]["head"]["weight"]) == 152 and "head" not in m["fusion"]
     for block in (m["exdd"], m["patchcore"]):
         assert 0.0 <= block["image_auroc"] <= 1.0 and 0.0 <= block["pixel_auroc"] <= 1.0
     assert m["comparable_to_paper"] is False
-    assert m["profile"]["weights"] == "random" and m["profile"]["synth_count"] == 2
+    assert m["profile"]["weights"] == "imagenet" and m["profile"]["synth_count"] == 2
     assert m["bank_sizes"]["normal"] == 20
     assert (root / "eval" / "heatmaps.png").stat().st_size > 0
     lines = (root / "eval" / "scores.csv").read_text().splitlines()
