@@ -89,7 +89,7 @@ def ablations(v: dict) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- driver
 def choose(res: dict, dev: list[str]) -> str:
-    """SELECTION RULE (written 21:15 UTC 2026-12-01, before the final run on real features; the rule of
+    """SELECTION RULE (written 20:25 UTC 2026-12-01, before the final run on real features; the rule of
     2026-11-28 picked the best *worst-case* I-AUROC gain, which ties at 0 for every cross-fitted variant and
     then prefers the simplest, so it could never pick a variant that helps on average and falls back to
     PatchCore elsewhere): among the new variants, keep those whose seed-averaged difference to PatchCore is

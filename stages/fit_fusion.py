@@ -58,7 +58,15 @@ def final_head(p: dict, fit: Fit) -> None:
     held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
     bank_ids = [i for i in normal.images if i not in held]
     m_n = Store(Path("banks/normal.zarr")).read_all()
-    fit.head = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"])
+    fit.head, fired = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"])
+    fit.evidence = {**fit.evidence, "head_training": fired}
+    if fit.head is not None and fired["defect_rows_fired"] < 0.5 * fired["defect_rows"]:
+        weak = (
+            f"the defect head fires (z > 0) on only {fired['defect_rows_fired']} of its {fired['defect_rows']} "
+            f"own defect rows: these known defects look normal to the features; consider "
+            f"scoring.fusion.lam: cv, which falls back to PatchCore when they do not help"
+        )
+        fit.note = (fit.note + "; " if fit.note else "") + weak
     if fit.head is None:
         fit.lam = 0.0
         fit.note = (fit.note + "; " if fit.note else "") + "no defect rows to fit the head on: lam 0"

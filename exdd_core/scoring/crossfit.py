@@ -215,10 +215,15 @@ def synth_sources(recipes: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 def fit_final_head(
     normal: Store, defect: Store, bank_ids: list[str], m_n: np.ndarray, bank: dict[str, Any], seed: int
-) -> DefectHead | None:
+) -> tuple[DefectHead | None, dict[str, int]]:
     """The deployed defect head: every normal image of the bank against every defect row the bank stage
-    keeps (purified and pseudo-masked against the full M_N `m_n`, as banks/defect.zarr's candidates)."""
+    keeps (purified and pseudo-masked against the full M_N `m_n`, as banks/defect.zarr's candidates), and on
+    how many of its own training rows it fires (z > 0): a head that fires on few defect rows learned little."""
     bank_n = Bank(m_n)
     spacing = normal_self_nn(bank_n)
-    keep = defect_row_filter(defect, bank_n, bank["purify"], bank["pseudo_top"], spacing).keep
-    return head_from_stores(normal, defect, set(bank_ids), np.flatnonzero(keep), seed)
+    keep = np.flatnonzero(defect_row_filter(defect, bank_n, bank["purify"], bank["pseudo_top"], spacing).keep)
+    head = head_from_stores(normal, defect, set(bank_ids), keep, seed)
+    fired = {"defect_rows": len(keep), "defect_rows_fired": 0}
+    if head is not None:
+        fired["defect_rows_fired"] = int((head.logits(defect.take(keep)) > 0).sum())
+    return head, fired
