@@ -97,7 +97,7 @@ def demo_patch_features(
     if path.is_file():
         return np.load(path)
     from exdd_core.data.sources.demo import render
-    from exdd_core.features.extract import make_extractor
+    from exdd_core.features.embedder import make_extractor
     from exdd_core.features.patches import to_rows
     from exdd_core.features.projection import projection_matrix
 
@@ -145,7 +145,7 @@ def feature_model(
         with np.load(path) as f:
             return dict(f)
     from exdd_core.data.sources.demo import render
-    from exdd_core.features.extract import make_extractor
+    from exdd_core.features.embedder import make_extractor
     from exdd_core.features.patches import to_rows
 
     ext = make_extractor(

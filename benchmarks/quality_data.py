@@ -209,7 +209,8 @@ def build_features(
     """Render, synthesise and extract one (data set, seed) for both aggregations; returns the npz folder."""
     import torch
 
-    from exdd_core.features.extract import _bbox_crop_rows, make_extractor
+    from exdd_core.features.embedder import make_extractor
+    from exdd_core.features.extract import _bbox_crop_rows
     from exdd_core.synth.run import ProceduralBackend, synthesize
 
     folder = cache / backbone / f"{spec.name}_s{seed}"

@@ -34,7 +34,8 @@ from _common import add_device_arg, machine, resolve, sync
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
 from exdd_core.data.sources.demo import render
-from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.features.embedder import make_extractor
+from exdd_core.features.extract import write_store
 from exdd_core.features.store import Store
 
 SIZE = (632, 224)

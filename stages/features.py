@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from exdd_core.data.records import read_manifest
-from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.features.embedder import make_extractor
+from exdd_core.features.extract import write_store
 from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError

@@ -5,15 +5,13 @@ With scoring.fusion.lam a number, that number, unfitted (the head is still fit).
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from exdd_core.banks.holdout import calibration_ids
 from exdd_core.data.imageio import load_image, load_mask
 from exdd_core.data.records import read_manifest
-from exdd_core.features.extract import make_extractor, rows_as_stored
+from exdd_core.features.embedder import Embedder
 from exdd_core.features.patches import mask_coverage
-from exdd_core.features.projection import projection_matrix
 from exdd_core.features.store import Store
 from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.device import resolve_device
@@ -30,18 +28,12 @@ def known_defects(p: dict, grid: tuple[int, int], device: str) -> dict:
     records = read_manifest(Path("data/prepared/train_defective/manifest.csv"))
     if not records:
         return {}
-    feats = p["features"]
-    extractor = make_extractor(p["backbone"], feats, p["seed"], device)
-    projection = None
-    if feats["store_dim"]:
-        projection = torch.as_tensor(
-            projection_matrix(extractor.dim, feats["store_dim"], p["seed"]), device=device
-        )
+    embedder = Embedder.from_params(p["backbone"], p["features"], p["seed"], device)
     size = tuple(p["data"]["image_size"])
     cover = p["scoring"]["fusion"]["cell_coverage"]
     out = {}
     for r in track(records, "fit_fusion: known defects", len(records)):
-        rows = rows_as_stored(extractor, load_image(r.image_path, size), projection, np.dtype(feats["dtype"]))
+        rows = embedder.rows(load_image(r.image_path, size))
         cells = None
         if r.mask_path is not None:
             cov = mask_coverage(torch.as_tensor(load_mask(r.mask_path, size)), grid)

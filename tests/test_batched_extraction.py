@@ -9,7 +9,8 @@ import pytest
 
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
-from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.features.embedder import make_extractor
+from exdd_core.features.extract import write_store
 from exdd_core.features.loader import batches
 from exdd_core.features.store import Store
 

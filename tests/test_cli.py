@@ -21,7 +21,8 @@ from PIL import Image
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
 from exdd_core.evaluation.report import EvalResult
-from exdd_core.features.extract import make_extractor, write_store
+from exdd_core.features.embedder import make_extractor
+from exdd_core.features.extract import write_store
 from exdd_core.features.store import Store
 from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.scoring.card import Card, build_card, load_card, write_card
@@ -80,7 +81,7 @@ def mini(tmp_path_factory) -> Path:
 
 def test_scorer_gives_the_library_scores_of_the_stored_rows(mini: Path) -> None:
     scorer = open_scorer(mini / "banks", mini / "eval" / "model.json")
-    assert scorer.projection is not None and scorer.model.grid == (8, 6)
+    assert scorer.model.embedder.projection is not None and scorer.model.grid == (8, 6)
     normal = ScoringBank(Store(mini / "banks" / "normal.zarr").read_all(), 2)
     defect = ScoringBank(Store(mini / "banks" / "defect.zarr").read_all(), 2)
     for _, image_id, rows, _ in Store(mini / "features" / "test.zarr").iter_images():

@@ -25,10 +25,11 @@ from scipy import ndimage
 
 from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import ImageRecord
-from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
+from exdd_core.features.backbone import PatchFeatureExtractor
+from exdd_core.features.embedder import stores_projection
 from exdd_core.features.loader import batches
 from exdd_core.features.patches import mask_coverage, to_rows
-from exdd_core.features.projection import project, projection_matrix
+from exdd_core.features.projection import project
 from exdd_core.features.sharded_store import ShardedStoreWriter
 from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import InputError
@@ -37,14 +38,6 @@ from exdd_core.runtime.hashing import file_digest
 # bank.defect_patches: bbox_crop reproduces the authors' code, which resizes every defect crop to 128 x 128
 # (docs/design.md, row J): fixed by what it reproduces, not tunable.
 BBOX_CROP_SIZE = (128, 128)
-
-
-def make_extractor(backbone: dict, features: dict, seed: int, device: str) -> PatchFeatureExtractor:
-    spec = BackboneSpec(
-        name=backbone["name"], weights=backbone["weights"], layers=tuple(backbone["layers"]), seed=seed
-    )
-    autocast = bool(features.get("autocast", False))
-    return PatchFeatureExtractor(spec, features["patch_size"], features["aggregation"], device, autocast)
 
 
 def store_attrs(
@@ -108,9 +101,7 @@ def write_store(
     ranks = ranks or Ranks(0, 1, 0)
     grid = extractor.grid_for(image_size)
     store_dim = features["store_dim"]
-    proj = None
-    if store_dim:
-        proj = torch.as_tensor(projection_matrix(extractor.dim, store_dim, seed), device=extractor.device)
+    proj = stores_projection(extractor, store_dim, seed)
     attrs = store_attrs(extractor, features, image_size, grid, seed, manifests, kind)
     attrs["selection"] = selection
     attrs["mask_threshold"] = mask_threshold if selection == "mask" else None
@@ -221,14 +212,3 @@ def _bbox_crop_rows(img: np.ndarray, mask: np.ndarray, extractor: PatchFeatureEx
     crop = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     rows = to_rows(extractor(crop))
     return rows, torch.arange(rows.shape[0])
-
-
-def rows_as_stored(
-    extractor: PatchFeatureExtractor, image: np.ndarray, projection: torch.Tensor | None, dtype: np.dtype
-) -> np.ndarray:
-    """Patch rows (h*w, d) of one image exactly as a feature store holds them: the extractor's row order,
-    projected when the stores hold projections, rounded to the store's precision (float16 by default)."""
-    rows = to_rows(extractor(image))
-    if projection is not None:
-        rows = project(rows, projection)
-    return rows.float().cpu().numpy().astype(dtype).astype(np.float32)

@@ -14,8 +14,10 @@ import torch
 
 from exdd_core.banks.distributed import ShardedBank
 from exdd_core.banks.health import normal_nn_scale
+from exdd_core.features.embedder import Embedder
 from exdd_core.features.store import Store
 from exdd_core.runtime.distributed import Ranks, shard_bounds
+from exdd_core.runtime.errors import MismatchError
 from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
 from exdd_core.scoring.defect_head import DefectHead
 from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
@@ -83,7 +85,8 @@ class ScoredImage:
 
 class ExddModel:
     """Banks M_N and M_P (rows as the stores hold them, or bank objects: `ScoringBank`), scoring settings,
-    image size and patch grid."""
+    image size and patch grid, and the embedder that turns an image into rows (None: rows only, as evaluate
+    scores the test store's rows)."""
 
     def __init__(
         self,
@@ -93,8 +96,10 @@ class ExddModel:
         image_size: tuple[int, int],
         grid: tuple[int, int],
         device: str = "cpu",
+        embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings
+        self.embedder = embedder
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.grid = (int(grid[0]), int(grid[1]))
         self.normal = ScoringBank(normal_rows, settings.neighbors, device)
@@ -114,6 +119,7 @@ class ExddModel:
         settings: ScoringSettings,
         device: str = "cpu",
         ranks: Ranks | None = None,
+        embedder: Embedder | None = None,
     ) -> ExddModel:
         """From the two bank stores (already checked compatible with what will be scored). With `ranks` (a
         torch.distributed group), each rank reads only its shard of each bank (banks.distributed.ShardedBank):
@@ -126,7 +132,7 @@ class ExddModel:
             for store in (normal, defect):
                 a, b = shard_bounds(len(store), ranks.world, ranks.rank)
                 banks.append(ShardedBank(store.read_rows(a, b), a, len(store), device))
-        return cls(banks[0], banks[1], settings, attrs["image_size"], attrs["grid"], device)
+        return cls(banks[0], banks[1], settings, attrs["image_size"], attrs["grid"], device, embedder)
 
     @property
     def fallback(self) -> bool:
@@ -136,6 +142,20 @@ class ExddModel:
     @property
     def bank_sizes(self) -> dict[str, int]:
         return {"normal": len(self.normal), "defect": 0 if self.defect is None else len(self.defect)}
+
+    def embed(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) at `image_size` -> (h*w, d) patch rows exactly as the banks' stores hold them."""
+        if self.embedder is None:
+            raise ValueError("this model has no embedder: it scores patch rows (ExddModel.score)")
+        rows = self.embedder.rows(image)
+        h, w = self.grid
+        if rows.shape[0] != h * w:
+            raise MismatchError(f"{rows.shape[0]} patch rows != the banks' grid {h}x{w}")
+        return rows
+
+    def score_image(self, image: np.ndarray) -> ScoredImage:
+        """One image, uint8 (H, W, 3) at `image_size`: embed it, then score its rows."""
+        return self.score(self.embed(image))
 
     def score(self, rows: np.ndarray) -> ScoredImage:
         """Score one image's patch rows (h*w, d), in the banks' feature space and row order."""

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from exdd_core.features.backbone import PatchFeatureExtractor
+from exdd_core.features.embedder import Embedder
 from exdd_core.features.store import Store
 from exdd_core.runtime.atomic import atomic_dir
 from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.runtime.hashing import file_digest
 from exdd_core.scoring.card import Card
 from exdd_core.scoring.model import ExddModel, ScoringSettings
-from exdd_core.serve.inference import Scorer, open_scorer, projection_for
+from exdd_core.serve.inference import Scorer, open_scorer
 
 CARD_FILE = "card.json"
 BACKBONE_FILE = "backbone.safetensors"
@@ -44,7 +45,8 @@ def export_model(banks: Path, card_path: Path, out: Path) -> dict:
         from safetensors.numpy import save_file as save_numpy
         from safetensors.torch import save_file as save_torch
 
-        state = {k: v.detach().cpu().contiguous() for k, v in scorer.extractor.model.state_dict().items()}
+        backbone = scorer.model.embedder.extractor.model  # type: ignore[union-attr]
+        state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
         save_torch(state, str(tmp / BACKBONE_FILE))
         rows = {
             name: np.ascontiguousarray(Store(Path(banks) / f"{name}.zarr").features[:])
@@ -124,5 +126,8 @@ def open_exported(folder: Path, device: str = "cpu") -> Scorer:
         )
     rows = load_numpy(str(folder / export["banks_file"]))
     settings = ScoringSettings.from_params(card.scoring)
-    model = ExddModel(rows["normal"], rows["defect"], settings, card.image_size, card.grid, device)
-    return Scorer(card, extractor, model, projection_for(card, extractor), np.dtype(card.features["dtype"]))
+    embedder = Embedder.for_stores(extractor, card.features)
+    return Scorer(
+        card,
+        ExddModel(rows["normal"], rows["defect"], settings, card.image_size, card.grid, device, embedder),
+    )

@@ -1,10 +1,9 @@
 """Scoring new images with banks the pipeline built: the glue that turns one image file into the same ExDD /
 PatchCore scores and anomaly map evaluate computed.
 
-Nothing here re-implements the method. An image goes through the library's own steps - `imageio.load_image`
-(as prepare), `extract.make_extractor` + `patches.to_rows` + `projection.project` (as the feature stages), the
-store's precision, then the same `ExddModel` evaluate scores with - so a test image scored here gets
-evaluate's score.
+Nothing here re-implements the method. An image is loaded as prepare loads it (`imageio.load_image`) and
+goes to the same `ExddModel` evaluate scores with, here holding the embedder the feature stages used
+(`features.embedder`): a test image scored here gets evaluate's score.
 
 The card (`eval/model.json`, `scoring.card`) says which settings the banks need; every mismatch between
 card, banks, rebuilt backbone and image is refused with a message that names both sides.
@@ -16,15 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from exdd_core.data.imageio import image_size_of, load_image
-from exdd_core.features.backbone import PatchFeatureExtractor
-from exdd_core.features.extract import make_extractor, rows_as_stored
-from exdd_core.features.projection import projection_matrix
+from exdd_core.features.embedder import Embedder, make_extractor
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.choices import IMAGE_SUFFIXES, NAMED_WEIGHTS
-from exdd_core.runtime.errors import InputError, MismatchError
+from exdd_core.runtime.errors import InputError
 from exdd_core.scoring.card import CARD_NAME, Card, load_card
 from exdd_core.scoring.dual import ImageScore
 from exdd_core.scoring.maps import upsample
@@ -90,13 +86,10 @@ def check_sizes(paths: list[Path], expected: tuple[int, int]) -> None:
 
 @dataclass
 class Scorer:
-    """The rebuilt feature extractor in front of the model (banks + scoring settings) and its card."""
+    """The model (embedder, banks, scoring settings) and the card it was opened from."""
 
     card: Card
-    extractor: PatchFeatureExtractor
     model: ExddModel
-    projection: torch.Tensor | None
-    dtype: np.dtype
 
 
 def _resolve_weights(weights: str, card_path: Path) -> str:
@@ -127,28 +120,9 @@ def open_scorer(banks: Path, card_path: Path, device: str = "cpu") -> Scorer:
     check_compatible(
         bn.attrs, rebuilt, f"normal bank ({bn.path}) and the backbone rebuilt here", (*EXTRACTOR_KEYS, "grid")
     )
-    model = ExddModel.from_stores(bn, bp, ScoringSettings.from_params(card.scoring), device)
-    return Scorer(card, extractor, model, projection_for(card, extractor), np.dtype(feats["dtype"]))
-
-
-def projection_for(card: Card, extractor: PatchFeatureExtractor) -> torch.Tensor | None:
-    """The projection the stores applied (features.store_dim), or None: stores hold projections iff the
-    card's features have a projection seed (as write_store)."""
-    feats = card.features
-    if feats["projection_seed"] is None:
-        return None
-    mat = projection_matrix(extractor.dim, feats["stored_dim"], feats["projection_seed"])
-    return torch.as_tensor(mat, device=extractor.device)
-
-
-def image_rows(scorer: Scorer, image: np.ndarray) -> np.ndarray:
-    """Patch rows of one image exactly as a feature store holds them: the feature stages' extractor and row
-    order, projected when the stores hold projections, rounded to the store's precision (float16 by default)."""
-    rows = rows_as_stored(scorer.extractor, image, scorer.projection, scorer.dtype)
-    h, w = scorer.model.grid
-    if rows.shape[0] != h * w:
-        raise MismatchError(f"{rows.shape[0]} patch rows != the banks' grid {h}x{w}")
-    return rows
+    settings = ScoringSettings.from_params(card.scoring)
+    embedder = Embedder.for_stores(extractor, feats)
+    return Scorer(card, ExddModel.from_stores(bn, bp, settings, device, embedder=embedder))
 
 
 @dataclass
@@ -169,7 +143,7 @@ def score_file(scorer: Scorer, path: Path, *, resize: bool = False) -> Scored:
     if resized and not resize:
         check_sizes([Path(path)], size)
     image = load_image(path, size) if resized else original
-    scored = scorer.model.score(image_rows(scorer, image))
+    scored = scorer.model.score_image(image)
     return Scored(scored.result, scored.exdd_map(), original, resized)
 
 
