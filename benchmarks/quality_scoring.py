@@ -32,8 +32,8 @@ from exdd_core.features.patches import mask_coverage
 from exdd_core.features.projection import projection_matrix
 from exdd_core.scoring import fusion
 from exdd_core.scoring.defect_head import HEAD_C, fit_head
-from exdd_core.scoring.dual import ScoringBank, score_image
 from exdd_core.scoring.maps import anomaly_map
+from exdd_core.scoring.model import ExddModel, ScoringSettings
 
 CACHE = Path(os.environ.get("EXDD_QUALITY_CACHE", Path(__file__).resolve().parents[1] / ".quality-cache"))
 LAMS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -204,14 +204,11 @@ class Scorer:
             return self.run_snr(v)
         mp = self.bank(v["bank"])
         info: dict = {"bank_rows": len(mp)}
-        if v["kind"] == "ratio":  # the pipeline's score_image: all three modes share one pass and one map
+        if v["kind"] == "ratio":  # the pipeline's model: all three modes share one pass and one map
             key = repr(sorted(v["bank"].items()))
             if key not in self._ratio:
-                nb, pb = ScoringBank(self.mn.numpy(), 3), (ScoringBank(mp.numpy(), 3) if len(mp) else None)
-                res = [
-                    score_image(self.test[i * self.p : (i + 1) * self.p], g, nb, pb)
-                    for i in range(self.n_img)
-                ]
+                model = ExddModel(self.mn.numpy(), mp.numpy(), ScoringSettings(neighbors=3), ctx.spec.size, g)
+                res = [model.score(self.test[i * self.p : (i + 1) * self.p]) for i in range(self.n_img)]
                 px = pixel_eval([r.ratio_map for r in res], ctx.masks["test"], ctx.spec.size)
                 self._ratio[key] = (res, px)
             res, px = self._ratio[key]
@@ -363,9 +360,10 @@ def run_authors(
         ]
     )
     mp = build_defect_bank(torch.as_tensor(rows.astype(np.float32)), mn, None, seed)
-    nb, pb = ScoringBank(mn.numpy(), 2), ScoringBank(mp.numpy(), 2)
+    settings = ScoringSettings(neighbors=2, map_reweight=False)
+    model = ExddModel(mn.numpy(), mp.numpy(), settings, ctx.spec.size, ctx.grid)
     t = f["test"]
-    res = [score_image(t[i].astype(np.float32), ctx.grid, nb, pb, map_reweight=False) for i in range(len(t))]
+    res = [model.score(t[i].astype(np.float32)) for i in range(len(t))]
     size = ctx.spec.size
     up = np.stack([anomaly_map(r.ratio_map, size, 2.0, quantize_8bit=True) for r in res])
     px = pixel_report(ctx.masks["test"], up, 0.3).metrics()

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from _common import add_device_arg, machine, resolve, sync
 
-from exdd_core.scoring.dual import ScoringBank, score_image
 from exdd_core.scoring.maps import anomaly_map
+from exdd_core.scoring.reweighting import ScoringBank
+from exdd_core.scoring.strategies import Evidence, Ratio
 
 IMAGE_SIZE = (632, 224)
 GRID = (79, 28)
@@ -51,10 +52,12 @@ def patchcore_image(rows: np.ndarray, normal: ScoringBank, sigma: float) -> tupl
 def exdd_image(
     rows: np.ndarray, normal: ScoringBank, defect: ScoringBank, sigma: float
 ) -> tuple[float, np.ndarray]:
-    """evaluate's per-image work: score_image (three modes, reweighted ratio map) + the ratio's anomaly map."""
-    res = score_image(rows, GRID, normal, defect)
-    amap = anomaly_map(res.ratio_map, IMAGE_SIZE, sigma)
-    return res.exdd["max_ratio"], amap
+    """evaluate's per-image work for the paper's modes: the evidence (both banks' k-NN), the three ratio
+    strategies (reweighted ratio map) and the ratio's anomaly map."""
+    ev = Evidence(torch.as_tensor(rows, device=normal.bank.device), GRID, normal, defect)
+    scores = {r.name: r(ev)[0] for r in (Ratio("paper"), Ratio("same_patch"), Ratio("max_ratio"))}
+    amap = anomaly_map(ev.ratio_map, IMAGE_SIZE, sigma)
+    return scores["max_ratio"], amap
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def scored(model, images: np.ndarray) -> dict[str, np.ndarray]:
     out: dict[str, list] = {"tau": [[model.tau_n, model.tau_p]]}
     for rows in images:
         s = model.score(rows)
-        r = s.result
+        r = s
         out.setdefault("scores", []).append(
             [*(r.exdd[m] for m in sorted(r.exdd)), r.patchcore, r.patchcore_reweighted]
         )

@@ -24,9 +24,10 @@ from exdd_core.evaluation.report import EvalResult
 from exdd_core.features.embedder import make_extractor
 from exdd_core.features.extract import write_store
 from exdd_core.features.store import Store
+from exdd_core.runtime.choices import RATIO_MODES as MODES
 from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.scoring.card import Card, build_card, load_card, write_card
-from exdd_core.scoring.dual import MODES, ScoringBank, score_image
+from exdd_core.scoring.model import ExddModel, ScoringSettings
 from exdd_core.serve.cli import _overlay_names, build_parser, main
 from exdd_core.serve.inference import check_sizes, expand_inputs, open_scorer, score_file
 
@@ -82,18 +83,19 @@ def mini(tmp_path_factory) -> Path:
 def test_scorer_gives_the_library_scores_of_the_stored_rows(mini: Path) -> None:
     scorer = open_scorer(mini / "banks", mini / "eval" / "model.json")
     assert scorer.model.embedder.projection is not None and scorer.model.grid == (8, 6)
-    normal = ScoringBank(Store(mini / "banks" / "normal.zarr").read_all(), 2)
-    defect = ScoringBank(Store(mini / "banks" / "defect.zarr").read_all(), 2)
+    normal = Store(mini / "banks" / "normal.zarr").read_all()
+    defect = Store(mini / "banks" / "defect.zarr").read_all()
+    rows_model = ExddModel(normal, defect, ScoringSettings(neighbors=2), scorer.model.image_size, (8, 6))
     for _, image_id, rows, _ in Store(mini / "features" / "test.zarr").iter_images():
-        want = score_image(rows, scorer.model.grid, normal, defect, eps=1e-6, map_reweight=True)
+        want = rows_model.score(rows)  # the stored rows, scored without any embedder
         got = score_file(scorer, mini / "img" / f"{image_id}.png")
-        paper_modes = {k: v for k, v in got.result.exdd.items() if k != "fused"}
-        assert paper_modes == pytest.approx(want.exdd, rel=1e-6)
+        paper_modes = {m: got.exdd[m] for m in MODES}
+        assert paper_modes == pytest.approx({m: want.exdd[m] for m in MODES}, rel=1e-6)
         m, lam = scorer.model, scorer.model.settings.fusion["lam"]
         fused = want.normal_map / m.tau_n + lam * np.clip(1 - want.defect_map / m.tau_p, 0, None)
-        assert got.result.exdd["fused"] == pytest.approx(float(fused.max()), rel=1e-5)
-        assert got.result.patchcore == pytest.approx(want.patchcore, rel=1e-6)
-        assert got.amap.shape == SIZE
+        assert got.exdd["fused"] == pytest.approx(float(fused.max()), rel=1e-5)
+        assert got.patchcore == pytest.approx(want.patchcore, rel=1e-6)
+        assert got.exdd_map().shape == SIZE
 
 
 def test_card_round_trip_and_refusals(mini: Path, tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def test_model_scores_with_the_head_as_the_plain_formula() -> None:
     z = image.astype(np.float64) @ head.weight.astype(np.float64) + head.bias
     want = d_n / model.tau_n + 0.7 * np.maximum(z, 0.0)
     np.testing.assert_allclose(got.fused_map.reshape(-1), want, rtol=1e-4)
-    assert got.result.exdd["fused"] == pytest.approx(want.max(), rel=1e-4)
+    assert got.exdd["fused"] == pytest.approx(want.max(), rel=1e-4)
     # without the head (lam 0 leaves none in fusion.json) the same settings give PatchCore's map / tau_N
     plain = {**scoring, "fusion": {**scoring["fusion"], "head": None}}
     base = ExddModel(normal[:300], defect[:40], ScoringSettings.from_params(plain), (16, 20), (4, 5))

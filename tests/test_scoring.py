@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from exdd_core.scoring.dual import MODES, ScoringBank, reweight, score_image
+from exdd_core.runtime.choices import RATIO_MODES as MODES
 from exdd_core.scoring.maps import anomaly_map, upsample
+from exdd_core.scoring.model import ExddModel, ImageResult, ScoringSettings
+from exdd_core.scoring.reweighting import reweight
 
 EPS = 1e-6
+
+
+def score_rows(x, grid, bn, bp, b=3, eps=EPS, map_reweight=True) -> ImageResult:
+    """The model's strategies on rows x against banks bn, bp (None: empty defect bank)."""
+    bp = np.zeros((0, bn.shape[1]), np.float32) if bp is None else bp
+    settings = ScoringSettings(neighbors=b, eps=eps, map_reweight=map_reweight)
+    return ExddModel(bn, bp, settings, grid, grid).score(x)
 
 
 def nn(x, bank):
@@ -64,7 +73,7 @@ def test_score_image_matches_reference(seed, b, map_reweight):
     bn = rng.standard_normal((60, d)).astype(np.float32)
     bp = (rng.standard_normal((25, d)) + 1.5).astype(np.float32)
     x = (rng.standard_normal((4 * 5, d)) + rng.uniform(0, 1.5, (20, 1))).astype(np.float32)
-    res = score_image(x, (4, 5), ScoringBank(bn, b), ScoringBank(bp, b), eps=EPS, map_reweight=map_reweight)
+    res = score_rows(x, (4, 5), bn, bp, b, EPS, map_reweight)
     ref, ratio, dn = reference(x, bn, bp, b, map_reweight)
     for mode in MODES:
         assert res.exdd[mode] == pytest.approx(ref[mode], rel=1e-4), mode
@@ -93,14 +102,13 @@ def test_moving_a_patch_toward_banks_changes_ratio_the_right_way():
     bn = rng.standard_normal((50, d)).astype(np.float32)
     bp = (rng.standard_normal((20, d)) + 3.0).astype(np.float32)
     x = (rng.standard_normal((9, d)) * 0.5 + 1.5).astype(np.float32)
-    nb, pb = ScoringBank(bn, 3), ScoringBank(bp, 3)
-    base = score_image(x, (3, 3), nb, pb).ratio_map.ravel()[4]
+    base = score_rows(x, (3, 3), bn, bp).ratio_map.ravel()[4]
     for target, sign in ((bp[5], +1), (bn[9], -1)):
         prev = base
         for t in (0.3, 0.6, 0.9):
             y = x.copy()
             y[4] = (1 - t) * x[4] + t * target
-            r = score_image(y, (3, 3), nb, pb).ratio_map.ravel()[4]
+            r = score_rows(y, (3, 3), bn, bp).ratio_map.ravel()[4]
             assert (r - prev) * sign > 0, (sign, t, r, prev)
             prev = r
 
@@ -109,11 +117,11 @@ def test_empty_defect_bank_falls_back_to_patchcore():
     rng = np.random.default_rng(3)
     bn = rng.standard_normal((30, 6)).astype(np.float32)
     x = rng.standard_normal((6, 6)).astype(np.float32)
-    res = score_image(x, (2, 3), ScoringBank(bn, 3), None)
-    assert res.fallback
-    assert all(v == res.patchcore for v in res.exdd.values())
-    empty = ScoringBank(np.zeros((0, 6), np.float32), 3)
-    assert score_image(x, (2, 3), ScoringBank(bn, 3), empty).fallback
+    res = score_rows(x, (2, 3), bn, None)
+    assert res.fallback and res.defect_map is None
+    assert all(res.exdd[m] == res.patchcore for m in MODES)  # the paper's three modes
+    assert res.exdd["fused"] == pytest.approx(res.patchcore / res.model.tau_n, rel=1e-6)
+    np.testing.assert_array_equal(res.ratio_map, res.normal_map)
 
 
 def test_upsample_and_gaussian_map():

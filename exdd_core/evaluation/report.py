@@ -156,7 +156,7 @@ def _held_out_scores(
     store = Store(normal_features)
     held_out = calibration_ids(store.images, fraction, seed)
     rows = [(i, r) for _, i, r, _ in store.iter_images() if i in held_out]
-    results = [model.score(r).result for _, r in rows]
+    results = [model.score(r) for _, r in rows]
     out = {m: np.array([res.exdd[m] for res in results]) for m in MODES}
     out["patchcore"] = np.array([res.patchcore for res in results])
     return out

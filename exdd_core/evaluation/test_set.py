@@ -57,12 +57,9 @@ def _score_range(
     for i, image_id, rows in progress(images, "evaluate", n):
         k, rec = i - lo, records[image_id]
         scored = model.score(rows)
-        res = scored.result
         out.labels[k] = rec.label
-        for m in SCORE_MODES:
-            out.scores[m][k] = res.exdd[m]
-        out.scores["patchcore"][k] = res.patchcore
-        out.scores["patchcore_reweighted"][k] = res.patchcore_reweighted
+        for key in SCORE_KEYS:
+            out.scores[key][k] = scored.scores[key]
         out.maps_exdd[k] = scored.exdd_map()
         out.maps_pc[k] = scored.patchcore_map()
         if rec.mask_path is not None:

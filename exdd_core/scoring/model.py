@@ -1,7 +1,11 @@
-"""The one model object: both banks, the scoring settings and the map settings, turning one image's patch
-rows into the ExDD and PatchCore scores and maps. evaluate and `exdd score` both score through it, so the
-chain (k-NN -> reweighting -> image score per mode -> upsampled, smoothed map) exists once
-(docs/design.md, "Scoring").
+"""The one model object: the embedder, both banks, the defect head and the scoring settings, taking an image
+(or its patch rows) to every score and map. fit_fusion, evaluate, `exdd score` and an exported model all score
+through it, so the chain exists once (docs/design.md, "Scoring"):
+
+    image -> embed (backbone, aggregation, projection, store precision) -> patch rows
+          -> evidence (nearest rows in M_N and M_P, the head's logits)
+          -> every strategy (PatchCore, the paper's ratio modes, fused): image scores and grid maps
+          -> maps at image size (bilinear up, Gaussian)
 """
 
 from __future__ import annotations
@@ -16,25 +20,27 @@ from exdd_core.banks.distributed import ShardedBank
 from exdd_core.banks.health import normal_nn_scale
 from exdd_core.features.embedder import Embedder
 from exdd_core.features.store import Store
+from exdd_core.runtime.choices import RATIO_MODES, SCORE_MODES
 from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import MismatchError
 from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
 from exdd_core.scoring.defect_head import DefectHead
-from exdd_core.scoring.dual import ImageScore, ScoringBank, score_image
-from exdd_core.scoring.fusion import fused_scores
 from exdd_core.scoring.maps import anomaly_map
+from exdd_core.scoring.reweighting import ScoringBank
+from exdd_core.scoring.strategies import Evidence, Fused, PatchCore, Ratio, Strategy
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    """The `scoring` params that change scores and maps (the device is where, not what)."""
+    """The `scoring` params that change scores and maps (the device is where, not what); defaults as
+    params.yaml's, with the fused form's weight 0 (PatchCore) until fit_fusion gives one."""
 
-    mode: str
-    neighbors: int
-    eps: float
-    sigma: float
-    map_reweight: bool
-    map_8bit: bool
+    mode: str = "fused"
+    neighbors: int = 3
+    eps: float = 1e-6
+    sigma: float = 2.0
+    map_reweight: bool = True
+    map_8bit: bool = False
     fusion: dict[str, Any] = field(default_factory=lambda: {"form": "tau", "lam": 0.0, "topk": 1})
 
     @classmethod
@@ -57,30 +63,45 @@ class ScoringSettings:
             fusion=fusion,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass
-class ScoredImage:
-    """One image's ImageScore plus its maps at image size (H, W), computed on first use."""
+class ImageResult:
+    """One image through the model: every strategy's image score, the grid maps, and the maps at image size
+    (H, W) on demand. `image` / `resized`: the image as loaded, when the model scored a file."""
 
-    result: ImageScore
+    scores: dict[str, float]  # every ExDD mode (SCORE_MODES), patchcore, patchcore_reweighted
+    normal_map: np.ndarray  # (h, w) d_N: PatchCore's map
+    ratio_map: np.ndarray  # (h, w) the paper's ratio (eq. 23); d_N with an empty defect bank
+    fused_map: np.ndarray  # (h, w) d_N / tau_N + lam * defect evidence
+    defect_map: np.ndarray | None  # (h, w) d_P; None with an empty defect bank
+    fallback: (
+        bool  # the defect bank was empty: every ExDD score is PatchCore's (design.md, "Empty defect bank")
+    )
     model: ExddModel
-    fused_map: np.ndarray  # (h, w) d_N / tau_N + lam * defect evidence (scoring.fusion)
+    image: np.ndarray | None = None
+    resized: bool = False
+
+    @property
+    def exdd(self) -> dict[str, float]:
+        return {m: self.scores[m] for m in SCORE_MODES}
+
+    @property
+    def patchcore(self) -> float:
+        return self.scores["patchcore"]
+
+    @property
+    def patchcore_reweighted(self) -> float:
+        return self.scores["patchcore_reweighted"]
 
     def exdd_map(self) -> np.ndarray:
-        """The ExDD map of the reported mode: the fused map for `fused`, else the paper's ratio map."""
+        """The ExDD map of the reported mode at image size: the fused map for `fused`, else the ratio map."""
         s = self.model.settings
         if s.mode == "fused":
             return anomaly_map(self.fused_map, self.model.image_size, s.sigma)
-        return anomaly_map(self.result.ratio_map, self.model.image_size, s.sigma, quantize_8bit=s.map_8bit)
+        return anomaly_map(self.ratio_map, self.model.image_size, s.sigma, quantize_8bit=s.map_8bit)
 
     def patchcore_map(self) -> np.ndarray:
-        return anomaly_map(self.result.normal_map, self.model.image_size, self.model.settings.sigma)
-
-    def exdd_score(self, mode: str | None = None) -> float:
-        return float(self.result.exdd[mode or self.model.settings.mode])
+        return anomaly_map(self.normal_map, self.model.image_size, self.model.settings.sigma)
 
 
 class ExddModel:
@@ -110,6 +131,13 @@ class ExddModel:
         self.tau_p = (normal_nn_scale(self.defect.bank) if self.defect is not None else None) or 1.0
         head = settings.fusion.get("head")
         self.head = DefectHead.from_dict(head) if head else None  # the fused `head` form's classifier
+        f = settings.fusion
+        self.strategies: list[Strategy] = [
+            PatchCore(),
+            PatchCore(reweighted=True),
+            *(Ratio(m) for m in RATIO_MODES),
+            Fused(self.tau_n, self.tau_p, f["lam"], f["form"], f["topk"]),
+        ]
 
     @classmethod
     def from_stores(
@@ -153,20 +181,20 @@ class ExddModel:
             raise MismatchError(f"{rows.shape[0]} patch rows != the banks' grid {h}x{w}")
         return rows
 
-    def score_image(self, image: np.ndarray) -> ScoredImage:
+    def score_image(self, image: np.ndarray) -> ImageResult:
         """One image, uint8 (H, W, 3) at `image_size`: embed it, then score its rows."""
         return self.score(self.embed(image))
 
-    def score(self, rows: np.ndarray) -> ScoredImage:
-        """Score one image's patch rows (h*w, d), in the banks' feature space and row order."""
+    def score(self, rows: np.ndarray) -> ImageResult:
+        """Score one image's patch rows (h*w, d), in the banks' feature space and row order: nearest
+        neighbours in both banks once (the evidence), then every strategy."""
         s = self.settings
-        res = score_image(rows, self.grid, self.normal, self.defect, eps=s.eps, map_reweight=s.map_reweight)
-        f = s.fusion
-        d_p = None if res.defect_map is None else torch.as_tensor(res.defect_map.reshape(-1))
-        z = self.head.logits(rows).cpu() if self.head is not None and f["form"] == "head" else None
-        score, fused = fused_scores(
-            torch.as_tensor(res.normal_map.reshape(-1)), d_p, self.grid,
-            tau_n=self.tau_n, tau_p=self.tau_p, lam=f["lam"], form=f["form"], topk=f["topk"], head_z=z,
-        )  # fmt: skip
-        res.exdd["fused"] = score
-        return ScoredImage(res, self, fused)
+        x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=self.normal.bank.device)
+        z = self.head.logits(rows).cpu() if self.head is not None and s.fusion["form"] == "head" else None
+        ev = Evidence(x, self.grid, self.normal, self.defect, s.eps, s.map_reweight, z)
+        scores, maps = {}, {}
+        for strategy in self.strategies:
+            scores[strategy.name], maps[strategy.name] = strategy(ev)
+        return ImageResult(
+            scores, ev.normal_map, ev.ratio_map, maps["fused"], ev.defect_map, ev.fallback, self
+        )

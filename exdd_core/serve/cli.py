@@ -105,7 +105,7 @@ def cmd_score(args: argparse.Namespace) -> str:
     for path, name in track(list(zip(paths, names, strict=True)), "score", len(paths)):
         scored = score_file(scorer, path, resize=args.resize)
         resized += scored.resized
-        s = scored.result.exdd[mode]
+        s = scored.scores[mode]
         decision = "" if thr is None else ("defective" if s >= thr else "normal")
         flagged += decision == "defective"
         if not args.no_overlays:
@@ -119,7 +119,7 @@ def cmd_score(args: argparse.Namespace) -> str:
                 # repr: the shortest text that reads back as the same float, so a score equal to the
                 # threshold (the F1-optimal threshold is a test image's score) stays equal in the CSV
                 "exdd": repr(float(s)),
-                "patchcore": repr(float(scored.result.patchcore)),
+                "patchcore": repr(float(scored.patchcore)),
                 "decision": decision,
                 "threshold": "" if thr is None else repr(float(thr)),
                 "overlay": "" if args.no_overlays else f"overlays/{name}",

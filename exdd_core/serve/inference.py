@@ -22,9 +22,8 @@ from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.choices import IMAGE_SUFFIXES, NAMED_WEIGHTS
 from exdd_core.runtime.errors import InputError
 from exdd_core.scoring.card import CARD_NAME, Card, load_card
-from exdd_core.scoring.dual import ImageScore
 from exdd_core.scoring.maps import upsample
-from exdd_core.scoring.model import ExddModel, ScoringSettings
+from exdd_core.scoring.model import ExddModel, ImageResult, ScoringSettings
 
 # Keys of the rebuilt extractor's provenance that must equal the banks' (a changed weights file shows here).
 EXTRACTOR_KEYS = ("backbone", "weights_id", "layers", "channels", "patch_size", "aggregation")
@@ -125,30 +124,21 @@ def open_scorer(banks: Path, card_path: Path, device: str = "cpu") -> Scorer:
     return Scorer(card, ExddModel.from_stores(bn, bp, settings, device, embedder=embedder))
 
 
-@dataclass
-class Scored:
-    """One scored image: the model's output, the ExDD map at the scored size, the image as loaded."""
-
-    result: ImageScore
-    amap: np.ndarray  # (H, W) at image_size, as evaluate's heatmaps
-    image: np.ndarray  # uint8 (h, w, 3) at the file's own size
-    resized: bool
-
-
-def score_file(scorer: Scorer, path: Path, *, resize: bool = False) -> Scored:
-    """Load, (optionally) resize, extract, score and map one image file."""
+def score_file(scorer: Scorer, path: Path, *, resize: bool = False) -> ImageResult:
+    """Load, (optionally) resize, embed and score one image file; the result keeps the image as loaded."""
     size = scorer.model.image_size
     original = load_image(path)
     resized = original.shape[:2] != size
     if resized and not resize:
         check_sizes([Path(path)], size)
-    image = load_image(path, size) if resized else original
-    scored = scorer.model.score_image(image)
-    return Scored(scored.result, scored.exdd_map(), original, resized)
+    result = scorer.model.score_image(load_image(path, size) if resized else original)
+    result.image, result.resized = original, resized
+    return result
 
 
-def map_at_image_size(scored: Scored) -> np.ndarray:
-    """The map at the file's own size (bilinear back from the scored size when --resize changed it)."""
-    if not scored.resized:
-        return scored.amap
-    return upsample(scored.amap, scored.image.shape[:2])
+def map_at_image_size(result: ImageResult) -> np.ndarray:
+    """The ExDD map at the file's own size (bilinear back from the scored size when --resize changed it)."""
+    amap = result.exdd_map()
+    if not result.resized or result.image is None:
+        return amap
+    return upsample(amap, result.image.shape[:2])
