@@ -1,7 +1,8 @@
 """Scoring cost (issue target 3): evaluate's ExDD scoring against the one-bank PatchCore scoring, per image.
 
-ExDD path = what `exdd_core.evaluation.report` runs per test image: `score_image` with two `ScoringBank`s (kNN to both
-banks, reweighting of m* and m+ in the three modes, the per-position reweighted ratio map) plus the smoothed
+ExDD path = what evaluate's model runs per test image for the paper's modes: its `Evidence` over two
+`ScoringBank`s (kNN to both banks, reweighting of m* and m+ in the three modes, the per-position reweighted
+ratio map) plus the smoothed
 anomaly map of the ratio. PatchCore path = kNN to the normal bank, argmax, the reweighting of m* alone, and the
 smoothed anomaly map of d_N.
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from exdd_core.banks.health import MOSTLY_BACKGROUND
-from exdd_core.evaluation.report import evaluate
+from exdd_core.evaluation.report import EvalInputs, describe_run, evaluate
 from exdd_core.runtime import distributed
 from exdd_core.runtime.atomic import staging_dir
 from exdd_core.runtime.device import resolve_device
@@ -12,6 +12,14 @@ from exdd_core.runtime.params import load_params
 from exdd_core.runtime.runlog import log, track
 from exdd_core.scoring.card import build_card, write_card
 from exdd_core.scoring.model import FALLBACK_NOTE
+
+INPUTS = EvalInputs(
+    normal_bank=Path("banks/normal.zarr"),
+    defect_bank=Path("banks/defect.zarr"),
+    test_features=Path("features/test.zarr"),
+    test_manifest=Path("data/prepared/test/manifest.csv"),
+    normal_features=Path("features/normal.zarr"),  # its held-out calibration images set the threshold
+)
 
 
 def main() -> str:
@@ -41,69 +49,36 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
     fitted = {"lam": fit["lam"], "head": fit.get("head")}
     scoring = {**p["scoring"], "fusion": {**p["scoring"]["fusion"], **fitted}}
     res = evaluate(
-        Path("banks/normal.zarr"),
-        Path("banks/defect.zarr"),
-        Path("features/test.zarr"),
-        Path("data/prepared/test/manifest.csv"),
-        scoring,
-        p["eval"],
-        device,
-        staged,
-        progress=track,
-        normal_features=Path("features/normal.zarr"),
-        seed=p["seed"],
-        ranks=ranks,
-        shard_banks=distributed.shard_banks(),
-    )
+        INPUTS, scoring, p["eval"], device, staged, describe_run(p, fit, device),
+        progress=track, seed=p["seed"], ranks=ranks, shard_banks=distributed.shard_banks(),
+    )  # fmt: skip
     if res is None or staged is None:
         return ""
     m = res.metrics
-    # the head's weights travel in the card (eval/model.json), not in the metrics `dvc metrics show` lists
-    head = fit.get("head")
-    m["fusion"] = {
-        **{k: v for k, v in fit.items() if k != "head"},
-        "head_dim": len(head["weight"]) if head else 0,
-    }
-    if fit.get("note"):
-        log.info("fusion: %s", fit["note"])
-    weights = p["backbone"]["weights"]
-    comparable = p["data"]["source"] == "ksdd2" and weights != "random"
-    m["profile"] = {
-        "data_source": p["data"]["source"],
-        "image_size": p["data"]["image_size"],
-        "backbone": p["backbone"]["name"],
-        "weights": weights,
-        "synth_backend": p["synth"]["backend"],
-        "synth_count": p["synth"]["count"],
-        "device": device,
-    }
-    m["comparable_to_paper"] = comparable
-    if not comparable:
-        m["note"] = (
-            "not the paper's setting (demo or other data, or random weights): real detection on this data, "
-            "but the numbers are not comparable to the paper's KSDD2 results"
-        )
-        log.warning(m["note"])
-    if m["fallback"]:
-        log.warning(FALLBACK_NOTE)
-    if "pixel_note" in m:
-        log.warning(m["pixel_note"])
-    health = describe_health(m["defect_bank"])
-    if (m["defect_bank"]["background_share"] or 0.0) > MOSTLY_BACKGROUND:
-        log.warning("defect bank is mostly background: %s", health)
+    log_notes(m)
     (staged / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
-    if "note" in m["calibration"]:
-        log.warning(m["calibration"]["note"])
-    card = build_card(m, res, scoring, p["seed"], comparable)
-    write_card(staged / "model.json", card)
+    write_card(staged / "model.json", build_card(m, res, scoring, p["seed"], m["comparable_to_paper"]))
     e, pc = m["exdd"], m["patchcore"]
     return (
         f"{len(res.ids)} test images on {device}{sharding(ranks)}, {p['backbone']['name']} weights "
-        f"{res.test_attrs.get('weights_id', weights)}: "
+        f"{res.test_attrs.get('weights_id', p['backbone']['weights'])}: "
         f"ExDD ({e['mode']}) I-AUROC {e['image_auroc']} P-AUROC {e['pixel_auroc']} AUPRO {e['aupro']} | "
-        f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} | defect bank {health} "
+        f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} | defect bank {describe_health(m['defect_bank'])} "
         f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json ({calibrated(m['calibration'])})"
     )
+
+
+def log_notes(m: dict) -> None:
+    """Every note of metrics.json a user should see in the log, once."""
+    if m["fusion"].get("note"):
+        log.info("fusion: %s", m["fusion"]["note"])
+    for note in (m.get("note"), FALLBACK_NOTE if m["fallback"] else None, m.get("pixel_note")):
+        if note:
+            log.warning(note)
+    if (m["defect_bank"]["background_share"] or 0.0) > MOSTLY_BACKGROUND:
+        log.warning("defect bank is mostly background: %s", describe_health(m["defect_bank"]))
+    if "note" in m["calibration"]:
+        log.warning(m["calibration"]["note"])
 
 
 def sharding(ranks: distributed.Ranks) -> str:

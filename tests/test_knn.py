@@ -46,7 +46,7 @@ def test_neighbours_of_members_excludes_self_even_with_duplicates():
 
 def test_tensor_queries_never_go_through_numpy():
     # CUDA tensors cannot become numpy arrays; a tensor that requires grad cannot either, so it stands in for
-    # one here: score_image passes device tensors to knn, and the neighbour table passes the bank's own rows
+    # one here: the model's evidence passes device tensors to knn, and the neighbour table passes the bank's own rows
     rng = np.random.default_rng(3)
     b = rng.standard_normal((50, 6)).astype(np.float32)
     q = torch.tensor(rng.standard_normal((7, 6)), dtype=torch.float64, requires_grad=True)

@@ -10,7 +10,7 @@ import torch
 
 def as_float32(x: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
     """float32 tensor on `device`. Tensors are moved by torch, never through numpy: a CUDA tensor (the queries
-    `score_image` passes, the bank's own rows for its neighbour table) cannot be turned into a numpy array."""
+    the model's evidence passes, the bank's own rows for its neighbour table) cannot be turned into a numpy array."""
     if isinstance(x, torch.Tensor):
         return x.detach().to(device=device, dtype=torch.float32)
     return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)

@@ -11,19 +11,19 @@ from typing import Any
 import numpy as np
 
 from exdd_core.banks.health import defect_bank_health
-from exdd_core.data.records import SYNTHETIC_PREFIX, read_manifest
+from exdd_core.data.imageio import load_mask
+from exdd_core.data.records import SYNTHETIC_PREFIX, ImageRecord, read_manifest
 from exdd_core.evaluation.calibration import calibration_ids, line_rates, threshold_at_fpr
 from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
 from exdd_core.evaluation.image_metrics import image_metrics
 from exdd_core.evaluation.pixel_metrics import pixel_report
 from exdd_core.evaluation.plots import write_plot_data
-from exdd_core.evaluation.test_set import score_test_set
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.choices import SCORE_MODES as MODES
-from exdd_core.runtime.distributed import Ranks
+from exdd_core.runtime.distributed import Ranks, gather_shards
 from exdd_core.runtime.errors import InputError
-from exdd_core.scoring.model import ExddModel, ScoringSettings
+from exdd_core.scoring.model import ExddModel, ScoringSettings, StoreScores
 
 
 @dataclass
@@ -47,59 +47,130 @@ def load_banks(normal: Path, defect: Path, test: Path) -> tuple[Store, Store, St
     return bn, bp, ts
 
 
+@dataclass(frozen=True)
+class EvalInputs:
+    """Where evaluate reads from: both banks, the test features and manifest, the normal features whose
+    held-out images calibrate the threshold (None: the oracle's thresholds, with a note)."""
+
+    normal_bank: Path
+    defect_bank: Path
+    test_features: Path
+    test_manifest: Path
+    normal_features: Path | None = None
+
+
 def evaluate(
-    normal_bank: Path,
-    defect_bank: Path,
-    test_features: Path,
-    test_manifest: Path,
+    inputs: EvalInputs,
     scoring: dict,
     eval_params: dict,
     device: str,
     out_dir: Path | None,
+    run: dict[str, Any],
     progress: Callable = lambda it, desc, total: it,
-    normal_features: Path | None = None,
     seed: int = 0,
     ranks: Ranks | None = None,
     shard_banks: bool = False,
 ) -> EvalResult | None:
-    """Score the test set with ExDD (every mode) and PatchCore; thresholds calibrated on the normal training
-    images of `normal_features` that the normal bank held out (none: the oracle thresholds, with a note).
+    """Score the test set with ExDD (every mode) and PatchCore through one ExddModel; metrics.json's dict
+    (`build_metrics`, with `run`: what `describe_run` says of the run), scores.csv, curves and heatmaps.
 
-    Under torchrun (`ranks`) each rank scores a shard of the test images with the whole banks, or, with
-    `shard_banks`, every rank scores every image with its shard of each bank (collectives throughout);
-    either way rank 0 writes everything and the others return None."""
-    bn, bp, ts = load_banks(normal_bank, defect_bank, test_features)
-    records = {r.id: r for r in read_manifest(test_manifest)}
-    missing = [i for i in ts.images if i not in records]
-    if missing:
-        raise InputError(
-            f"{test_features}: images {missing[:3]} are not in {test_manifest} (stale features?)"
-        )
-    settings = ScoringSettings.from_params(scoring)
+    Under torchrun (`ranks`) each rank scores a shard of the test images with the whole banks
+    (`distributed.gather_shards`), or, with `shard_banks`, every rank scores every image with its shard of
+    each bank (collectives throughout); either way rank 0 writes everything and the others return None."""
+    bn, bp, ts = load_banks(inputs.normal_bank, inputs.defect_bank, inputs.test_features)
+    records = _records_of(ts, inputs.test_manifest)
     sharded = shard_banks and ranks is not None and ranks.world > 1
+    settings = ScoringSettings.from_params(scoring)
     model = ExddModel.from_stores(bn, bp, settings, device, ranks if sharded else None)
     health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp), model.normal_scale)
-    size = model.image_size
-    t = score_test_set(model, ts, records, progress, None if sharded else ranks)
+    t = gather_shards(
+        lambda lo, hi: model.score_store(ts, lo, hi, progress),
+        len(ts.images),
+        None if sharded else ranks,
+        StoreScores.concatenate,
+    )
+    calibration = (inputs.normal_features, eval_params["calibration_fraction"], seed)
     if sharded and ranks is not None and not ranks.main:  # rank 0 scores these too: the same collectives
-        _held_out_scores(model, normal_features, eval_params["calibration_fraction"], seed)
+        _held_out_scores(model, *calibration)
         return None
     if t is None:  # a rank other than 0: its shard went to rank 0, which writes everything
         return None
-    labels, scores, maps_exdd, maps_pc, masks, has_mask = (
-        t.labels, t.scores, t.maps_exdd, t.maps_pc, t.masks, t.has_mask
-    )  # fmt: skip
-
+    ids = list(ts.images)
+    truth = TestTruth.of(ids, records, model.image_size)
     default = scoring["mode"]
     # Pixel metrics over the images whose pixels are labelled: normal ones, and defective ones with a mask
     # (a defective image without one has defect pixels nobody marked; counting them normal would be wrong).
-    px = (labels == 0) | has_mask
-    px_exdd = pixel_report(masks[px], maps_exdd[px], eval_params["max_fpr"])
-    px_pc = pixel_report(masks[px], maps_pc[px], eval_params["max_fpr"])
+    px = (truth.labels == 0) | truth.has_mask
+    pixel = {
+        "exdd": pixel_report(truth.masks[px], t.maps_exdd[px], eval_params["max_fpr"]),
+        "patchcore": pixel_report(truth.masks[px], t.maps_pc[px], eval_params["max_fpr"]),
+    }
+    scores = {**t.scores, "exdd": t.scores[default]}
+    oracle = f1_thresholds(truth.labels, scores)
+    held_out = _held_out_scores(model, *calibration)
+    thresholds, cal = _calibrate(held_out, oracle, truth.labels, scores, eval_params, default)
+    metrics = build_metrics(truth, scores, pixel, default, model, health, (bn, bp), cal, run)
+    value_range = map_range(t.maps_exdd)
+    written = (metrics, pixel, thresholds, value_range)
+    _write_outputs(out_dir, ids, truth, records, scores, t, written, eval_params, default)
+    return EvalResult(metrics, ids, truth.labels, scores, dict(ts.attrs), value_range, thresholds, oracle)
+
+
+@dataclass
+class TestTruth:
+    """The test images' labels, masks at image size (all False without one) and which images have a mask."""
+
+    labels: np.ndarray  # int64 (n,)
+    masks: np.ndarray  # bool (n, H, W)
+    has_mask: np.ndarray  # bool (n,)
+
+    @classmethod
+    def of(cls, ids: list[str], records: dict[str, ImageRecord], size: tuple[int, int]) -> TestTruth:
+        labels = np.array([records[i].label for i in ids], dtype=np.int64)
+        masks = np.zeros((len(ids), *size), dtype=bool)
+        has_mask = np.zeros(len(ids), dtype=bool)
+        for k, i in enumerate(ids):
+            if records[i].mask_path is not None:
+                masks[k], has_mask[k] = load_mask(records[i].mask_path, size), True
+        return cls(labels, masks, has_mask)
+
+
+def _records_of(ts: Store, manifest: Path) -> dict[str, ImageRecord]:
+    """The manifest's records by id, refusing test features of images the manifest lacks (stale features)."""
+    records = {r.id: r for r in read_manifest(manifest)}
+    missing = [i for i in ts.images if i not in records]
+    if missing:
+        raise InputError(f"{ts.path}: images {missing[:3]} are not in {manifest} (stale features?)")
+    return records
+
+
+def map_range(maps: np.ndarray) -> tuple[float, float]:
+    """The heatmaps' colour range: HEATMAP_RANGE_PERCENTILES of every ExDD map value."""
+    lo, hi = (float(v) for v in np.percentile(maps, HEATMAP_RANGE_PERCENTILES))
+    return lo, hi
+
+
+def build_metrics(
+    truth: TestTruth,
+    scores: dict[str, np.ndarray],
+    pixel: dict[str, Any],
+    default: str,
+    model: ExddModel,
+    health: Any,
+    banks: tuple[Store, Store],
+    calibration: dict[str, Any],
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json, built in this one place: the reported mode and PatchCore (image and pixel blocks), every
+    mode, the test set, the banks and their health, the calibration, then `run` (fusion, profile, notes)."""
+    labels, has_mask = truth.labels, truth.has_mask
     modes = {m: _image_block(labels, scores[m]) for m in MODES}
     metrics: dict[str, Any] = {
-        "exdd": {**modes[default], **_pixel_block(px_exdd.metrics()), "mode": default},
-        "patchcore": {**_image_block(labels, scores["patchcore"]), **_pixel_block(px_pc.metrics())},
+        "exdd": {**modes[default], **_pixel_block(pixel["exdd"].metrics()), "mode": default},
+        "patchcore": {
+            **_image_block(labels, scores["patchcore"]),
+            **_pixel_block(pixel["patchcore"].metrics()),
+        },
         "patchcore_reweighted": _image_block(labels, scores["patchcore_reweighted"]),
         "modes": modes,
         "fallback": model.fallback,
@@ -111,8 +182,7 @@ def evaluate(
         "bank_sizes": model.bank_sizes,
         "defect_bank": {k: _round(v) if isinstance(v, float) else v for k, v in health.as_dict().items()},
         "coverage_radius": {
-            "normal": bn.attrs.get("coverage_radius"),
-            "defect": bp.attrs.get("coverage_radius"),
+            k: b.attrs.get("coverage_radius") for k, b in zip(("normal", "defect"), banks, strict=True)
         },
     }
     unlabelled = int(((labels == 1) & ~has_mask).sum())
@@ -121,30 +191,69 @@ def evaluate(
             f"{unlabelled} of {int((labels == 1).sum())} defective test images have no mask: pixel metrics "
             + ("are over the others" if has_mask.any() else "are null (no defective image has a mask)")
         )
-    ids = list(ts.images)
-    scores["exdd"] = scores[default]
-    _write_scores(out_dir, ids, labels, scores)
-    oracle = f1_thresholds(labels, scores)
-    held_out = _held_out_scores(model, normal_features, eval_params["calibration_fraction"], seed)
-    thresholds, metrics["calibration"] = _calibrate(held_out, oracle, labels, scores, eval_params, default)
-    pixel = {"exdd": px_exdd, "patchcore": px_pc}
-    write_plot_data(out_dir / "plots", labels, scores, default, metrics, pixel, thresholds)
+    return {**metrics, "calibration": calibration, **run}
+
+
+def describe_run(params: dict[str, Any], fit: dict[str, Any], device: str) -> dict[str, Any]:
+    """metrics.json's account of the run: the fusion fit (without the head's weights, which travel in the
+    card), the profile, and whether the numbers are comparable to the paper (with a note when not)."""
+    head = fit.get("head")
+    fusion = {**{k: v for k, v in fit.items() if k != "head"}, "head_dim": len(head["weight"]) if head else 0}
+    p = params
+    comparable = p["data"]["source"] == "ksdd2" and p["backbone"]["weights"] != "random"
+    run: dict[str, Any] = {
+        "fusion": fusion,
+        "profile": {
+            "data_source": p["data"]["source"],
+            "image_size": p["data"]["image_size"],
+            "backbone": p["backbone"]["name"],
+            "weights": p["backbone"]["weights"],
+            "synth_backend": p["synth"]["backend"],
+            "synth_count": p["synth"]["count"],
+            "device": device,
+        },
+        "comparable_to_paper": comparable,
+    }
+    if not comparable:
+        run["note"] = (
+            "not the paper's setting (demo or other data, or random weights): real detection on this data, "
+            "but the numbers are not comparable to the paper's KSDD2 results"
+        )
+    return run
+
+
+def _write_outputs(
+    out_dir: Path | None,
+    ids: list[str],
+    truth: TestTruth,
+    records: dict[str, ImageRecord],
+    scores: dict[str, np.ndarray],
+    t: StoreScores,
+    written: tuple[dict[str, Any], dict[str, Any], dict[str, float | None], tuple[float, float]],
+    eval_params: dict,
+    default: str,
+) -> None:
+    """scores.csv, the curves' data and the heatmap grid into `out_dir`; `written`: the metrics, the pixel
+    reports, the thresholds and the heatmaps' colour range."""
+    if out_dir is None:
+        return
+    metrics, pixel, thresholds, value_range = written
+    _write_scores(out_dir, ids, truth.labels, scores)
+    write_plot_data(out_dir / "plots", truth.labels, scores, default, metrics, pixel, thresholds)
     thr = thresholds[default]
-    lo, hi = (float(v) for v in np.percentile(maps_exdd, HEATMAP_RANGE_PERCENTILES))
     write_heatmaps(
         out_dir,
         ids,
-        labels,
+        truth.labels,
         scores["exdd"],
-        maps_exdd,
-        masks,
+        t.maps_exdd,
+        truth.masks,
         records,
-        size,
+        t.maps_exdd.shape[1:],
         thr if thr is not None else float(np.median(scores["exdd"])),
         eval_params["heatmaps"],
-        value_range=(lo, hi),
+        value_range=value_range,
     )
-    return EvalResult(metrics, ids, labels, scores, dict(ts.attrs), (lo, hi), thresholds, oracle)
 
 
 def _held_out_scores(

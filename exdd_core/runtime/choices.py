@@ -27,7 +27,9 @@ CORESET_METHODS: tuple[str, ...] = get_args(CoresetMethod)
 DEFECT_PATCHES: tuple[str, ...] = get_args(DefectPatches)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 FUSION_FORMS: tuple[str, ...] = get_args(FusionForm)
-RATIO_MODES: tuple[str, ...] = tuple(m for m in SCORE_MODES if m != "fused")  # the paper's three (scoring.strategies.Ratio)
+RATIO_MODES: tuple[str, ...] = tuple(
+    m for m in SCORE_MODES if m != "fused"
+)  # the paper's three (scoring.strategies.Ratio)
 
 # Weights: two named kinds, or a local file with one of these suffixes (safetensors, or torch pickles loaded
 # with weights_only=True).

@@ -17,9 +17,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from exdd_core.runtime.errors import ParamError, RankStopped
+
+T = TypeVar("T")
 
 NPROC_ENV = "EXDD_NPROC"
 PORT_ENV = "EXDD_DIST_PORT"  # optional: the rendezvous port (default: a free one of PORT_RANGE)
@@ -51,6 +53,22 @@ def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     base, extra = divmod(n, world)
     a = rank * base + min(rank, extra)
     return a, a + base + (rank < extra)
+
+
+def gather_shards(
+    fn: Callable[[int, int], T], n: int, ranks: Ranks | None, concat: Callable[[list[T]], T]
+) -> T | None:
+    """Run `fn(lo, hi)` on this rank's contiguous shard of range(n); rank 0 gets every rank's result joined
+    in rank order by `concat` (what one process computes with fn(0, n)), the other ranks None. Without a group
+    (None, or a world of 1) it is fn(0, n): the library's functions stay free of ranks."""
+    if ranks is None or ranks.world == 1:
+        return fn(0, n)
+    import torch.distributed as dist
+
+    mine = fn(*shard_bounds(n, ranks.world, ranks.rank))
+    parts: list[T] | None = [None] * ranks.world if ranks.main else None  # type: ignore[list-item]
+    dist.gather_object(mine, parts, dst=0)
+    return concat(parts) if ranks.main and parts is not None else None
 
 
 def requested_nproc() -> int:

@@ -10,6 +10,7 @@ through it, so the chain exists once (docs/design.md, "Scoring"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from exdd_core.scoring.defect_head import DefectHead
 from exdd_core.scoring.maps import anomaly_map
 from exdd_core.scoring.reweighting import ScoringBank
 from exdd_core.scoring.strategies import Evidence, Fused, PatchCore, Ratio, Strategy
+
+SCORE_KEYS = (*SCORE_MODES, "patchcore", "patchcore_reweighted")  # every strategy's name: ImageResult.scores
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,24 @@ class ImageResult:
 
     def patchcore_map(self) -> np.ndarray:
         return anomaly_map(self.normal_map, self.model.image_size, self.model.settings.sigma)
+
+
+@dataclass
+class StoreScores:
+    """Images of a feature store through the model, in store order: every score (SCORE_KEYS -> float64 (n,))
+    and both maps at image size, float32 (n, H, W): the reported mode's and PatchCore's."""
+
+    scores: dict[str, np.ndarray]
+    maps_exdd: np.ndarray
+    maps_pc: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[StoreScores]) -> StoreScores:
+        return cls(
+            {k: np.concatenate([p.scores[k] for p in parts]) for k in SCORE_KEYS},
+            np.concatenate([p.maps_exdd for p in parts]),
+            np.concatenate([p.maps_pc for p in parts]),
+        )
 
 
 class ExddModel:
@@ -184,6 +205,26 @@ class ExddModel:
     def score_image(self, image: np.ndarray) -> ImageResult:
         """One image, uint8 (H, W, 3) at `image_size`: embed it, then score its rows."""
         return self.score(self.embed(image))
+
+    def score_store(
+        self, store: Store, lo: int = 0, hi: int | None = None, progress: Callable = lambda it, d, n: it
+    ) -> StoreScores:
+        """Images lo..hi of a feature store whose rows are in the banks' space (the test features)."""
+        hi = len(store.images) if hi is None else hi
+        n, size = hi - lo, self.image_size
+        out = StoreScores(
+            {k: np.empty(n) for k in SCORE_KEYS},
+            np.empty((n, *size), dtype=np.float32),
+            np.empty((n, *size), dtype=np.float32),
+        )
+        images = ((i, rows) for i, _, rows, _ in store.iter_images() if lo <= i < hi)
+        for i, rows in progress(images, "evaluate", n):
+            scored = self.score(rows)
+            for key in SCORE_KEYS:
+                out.scores[key][i - lo] = scored.scores[key]
+            out.maps_exdd[i - lo] = scored.exdd_map()
+            out.maps_pc[i - lo] = scored.patchcore_map()
+        return out
 
     def score(self, rows: np.ndarray) -> ImageResult:
         """Score one image's patch rows (h*w, d), in the banks' feature space and row order: nearest
