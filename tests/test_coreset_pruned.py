@@ -5,8 +5,9 @@ rounding of the bounds), and a coreset as large as the number of distinct rows."
 import numpy as np
 import pytest
 
+from exdd_core.banks.full_pass import FullPass
 from exdd_core.banks.greedy import greedy_plain, row_distances
-from exdd_core.banks.pruned import _FullPass, _Screen, _sq_dists, greedy_pruned
+from exdd_core.banks.pruned import _Screen, _sq_dists, greedy_pruned
 
 
 def same_picks(x: np.ndarray, k: int, start: int) -> None:
@@ -97,7 +98,7 @@ def test_full_pass_fallback_far_from_origin():
 def test_full_pass_keeps_every_row_that_gets_closer(offset):
     rng = np.random.default_rng(10)
     x = (offset + rng.standard_normal((3000, 40))).astype(np.float32)
-    fp = _FullPass(x)
+    fp = FullPass(x)
     perm = rng.permutation(3000)
     exact = row_distances(x, x[7])
     min_d = np.nextafter(exact, np.float32(np.inf))[perm]  # every row just farther than the new centre

@@ -30,7 +30,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from exdd_core.banks.full_pass import FullPass, dense_next
 from exdd_core.banks.greedy import BLOCK, UNIT_ROUNDOFF, CoresetResult, full_distances, row_distances
+from exdd_core.banks.kd_order import kd_order
 
 # When the bounds leave more than this fraction of all rows to compute exactly, a full pass (one GEMV, no
 # gathers, no bookkeeping) is cheaper: switch to full passes until the next check. Break-even measured at
@@ -41,48 +43,6 @@ _CHECK_GROWTH = 1.5
 # Principal-component coordinates of the second screening stage (measured on WRN50 patch features, 235 k
 # rows: 8 dims let 1.5x, 32 dims 0.8x as many points through as 16 dims). The first stage uses 4 of them.
 SCREEN_DIM = 16
-
-
-class _FullPass:
-    """One pick's update of every row at the cost of one GEMV: |x|^2 - 2 x.c + |c|^2 with a proven float32
-    error bound rules out the rows that cannot get closer, `row_distances` computes the rest - so the values,
-    and the picks, are the plain loop's. On data the other bounds cannot prune (isotropic noise) this is the
-    whole pick; it reads each row once instead of the plain loop's three passes (difference, square, sum).
-    """
-
-    def __init__(self, x: np.ndarray) -> None:
-        n, dim = x.shape
-        self.sq = np.empty(n, dtype=np.float32)
-        for a in range(0, n, BLOCK):
-            blk = x[a : a + BLOCK]
-            self.sq[a : a + BLOCK] = np.einsum("ij,ij->i", blk, blk)
-        self.norm = np.sqrt(self.sq)
-        # |computed - true| of |x|^2 - 2 x.c + |c|^2 <= ((dim + 2) u + 4 u) (|x| + |c|)^2 for any summation
-        # order (three inner products and four float32 operations); doubled for safety
-        self.err = np.float32(2.0 * (dim + 6) * UNIT_ROUNDOFF)
-
-    def update(
-        self, x: np.ndarray, perm: np.ndarray, i: int, min_d: np.ndarray, grow: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Positions whose min_d drops with the new centre x[i], and their new min_d (not yet stored)."""
-        c = x[i]
-        low = np.empty(len(x), dtype=np.float32)  # lower bound of the squared distance, in row order
-        for a in range(0, len(x), BLOCK):
-            low[a : a + BLOCK] = x[a : a + BLOCK] @ c
-        low *= -2.0
-        low += self.sq
-        low += self.sq[i]
-        slack = self.norm + self.norm[i]
-        slack *= slack
-        slack *= self.err
-        low -= slack
-        thr = min_d * np.float32(grow)
-        thr *= thr
-        thr *= np.float32(1.0 + 8.0 * UNIT_ROUNDOFF)
-        cand = np.flatnonzero(low[perm] < thr)
-        d = row_distances(np.take(x, perm[cand], axis=0), c, overwrite=True)
-        better = d < min_d[cand]
-        return cand[better], d[better]
 
 
 class _Screen:
@@ -163,26 +123,6 @@ def _sq_dists(rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return out
 
 
-def _kd_order(z: np.ndarray, leaf: int = 256) -> np.ndarray:
-    """Rows in the order of a k-d tree over z (median splits on the widest coordinate), so that rows close in
-    space sit close in memory: the gathers of a cluster's members then hit few pages and cache lines."""
-    n = len(z)
-    order = np.arange(n)
-    stack = [(0, n)]
-    while stack:
-        a, b = stack.pop()
-        if b - a <= leaf:
-            continue
-        seg = order[a:b]
-        zs = z[seg]
-        axis = int(np.argmax(zs.max(0) - zs.min(0)))
-        mid = (b - a) // 2
-        order[a:b] = seg[np.argpartition(zs[:, axis], mid)]
-        stack.append((a, a + mid))
-        stack.append((a + mid, b))
-    return order
-
-
 def _split(rows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """Consecutive views of `rows` with `counts` items each: np.split without its per-piece overhead (it
     took 4 % of a pick at 500 k rows, measured)."""
@@ -256,13 +196,6 @@ class _Clusters:
         return int(self.far[j])
 
 
-def _dense_next(min_d: np.ndarray, perm: np.ndarray) -> int:
-    """Position of the largest min_d, lowest original index on ties (what np.argmax does in row order)."""
-    j = int(np.argmax(min_d))
-    ties = np.flatnonzero(min_d == min_d[j])
-    return int(ties[np.argmin(perm[ties])]) if len(ties) > 1 else j
-
-
 def greedy_pruned(
     x: np.ndarray,
     k: int,
@@ -284,27 +217,21 @@ def greedy_pruned(
     if k == 0:
         return CoresetResult(sel, 0.0)
     m = max(1, min(screen_dim, dim))
-    screen = _Screen(x, m)
-    perm = _kd_order(screen.z)
-    z = screen.z[perm]
-    screen.z = z
-    screen.z_lead = np.ascontiguousarray(z[:, : screen.lead])
+    screen, perm, z = _screen_in_kd_order(x, m)
     # Relative margin of the triangle-inequality tests: covers the rounding of row_distances values (each
     # within (dim + 5) u / 2 of the true distance) several times over.
     grow = 1.0 + 4.0 * (dim + m + 8) * UNIT_ROUNDOFF
-    dc_low = 1.0 - 2.0 * (dim + 5) * UNIT_ROUNDOFF  # row_distances(a, b) * dc_low <= the true distance
     zcent = np.empty((k, m), dtype=np.float32)
     clusters = _Clusters(k, perm)
     assign = np.zeros(n, dtype=np.int32)
 
     sel[0] = start
-    p = int(np.flatnonzero(perm == start)[0])
-    zcent[0] = z[p]
+    zcent[0] = z[int(np.flatnonzero(perm == start)[0])]
     min_d = full_distances(x, x[start])[perm]
-    full_pass = _FullPass(x)
+    full_pass = FullPass(x)
     dense = True  # cluster bookkeeping suspended: picks are full passes until a check
     next_check = 1
-    p = _dense_next(min_d, perm)
+    p = dense_next(min_d, perm)
 
     for t in range(1, k):
         if dense and t >= next_check:
@@ -317,27 +244,48 @@ def greedy_pruned(
         sel[t] = i
         zcent[t] = z[p]
         if dense:
-            moved, d = full_pass.update(x, perm, i, min_d, grow)
-            min_d[moved] = d
-            assign[moved] = t
-            p = _dense_next(min_d, perm)
+            p = full_pass.pick(x, perm, i, t, min_d, assign, grow)
         else:
-            # clusters the new centre may take points from: d(c, centre_j) < 2 radius_j, first by the cheap
-            # bound over all t centres, then by exact distances (as lower bounds) for those that pass
-            rad = clusters.radius[:t]
-            cand = np.flatnonzero(screen.lower(zcent[:t], z[p]) < 2.0 * grow * rad)
-            dc = row_distances(np.take(x, sel[cand], axis=0), c, overwrite=True).astype(np.float64)
-            dc *= dc_low
-            keep = dc < 2.0 * grow * rad[cand]
-            cand, dc = cand[keep], dc[keep]
+            cand, dc = _candidate_clusters(x, c, z[p], sel[:t], zcent[:t], screen, clusters.radius[:t], grow)
             exact = _sparse_update(x, z, perm, c, z[p], t, cand, dc, grow, screen, clusters, min_d, assign)
             if exact > _DENSE_FRACTION * n:  # the bounds do not pay (yet): full passes until the next check
                 dense = True
                 next_check = int(t * _CHECK_GROWTH) + 4
-                p = _dense_next(min_d, perm)
+                p = dense_next(min_d, perm)
         if progress is not None:
             progress(1)
     return CoresetResult(sel, float(min_d.max()))
+
+
+def _screen_in_kd_order(x: np.ndarray, m: int) -> tuple[_Screen, np.ndarray, np.ndarray]:
+    """The m-dim screen of x with its rows in k-d tree order: (screen, perm: position -> row, z in order)."""
+    screen = _Screen(x, m)
+    perm = kd_order(screen.z)
+    z = screen.z[perm]
+    screen.z = z
+    screen.z_lead = np.ascontiguousarray(z[:, : screen.lead])
+    return screen, perm, z
+
+
+def _candidate_clusters(
+    x: np.ndarray,
+    c: np.ndarray,
+    zc: np.ndarray,
+    centres: np.ndarray,
+    zcent: np.ndarray,
+    screen: _Screen,
+    rad: np.ndarray,
+    grow: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters the new centre c may take points from: d(c, centre_j) < 2 radius_j, first by the cheap screen
+    bound over all centres, then by exact distances (as lower bounds) for those that pass. Returns their
+    indices and those lower bounds."""
+    dc_low = 1.0 - 2.0 * (x.shape[1] + 5) * UNIT_ROUNDOFF  # row_distances(a, b) * dc_low <= the true distance
+    cand = np.flatnonzero(screen.lower(zcent, zc) < 2.0 * grow * rad)
+    dc = row_distances(np.take(x, centres[cand], axis=0), c, overwrite=True).astype(np.float64)
+    dc *= dc_low
+    keep = dc < 2.0 * grow * rad[cand]
+    return cand[keep], dc[keep]
 
 
 def _sparse_update(

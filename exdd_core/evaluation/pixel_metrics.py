@@ -245,15 +245,7 @@ def pixel_report(
         keep = downsample_indices(pt.tp.size, max_points)
         roc_parts.append((pt.fp[keep], pt.tp[keep], pt.bits[keep]))
         if not pro_done:
-            x = fp_e / n_nor
-            k = int(np.searchsorted(x, max_fpr, side="right"))  # x[:k] ≤ max_fpr < x[k:]
-            xs, ys = x[:k], pro_e[:k]
-            if k < x.size:  # this chunk crosses max_fpr: close the curve at exactly max_fpr
-                x0, y0, x1, y1 = x[k - 1], pro_e[k - 1], x[k], pro_e[k]
-                if x0 < max_fpr:  # (else the curve already has its point at max_fpr)
-                    y_end = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
-                    xs, ys = np.append(xs, max_fpr), np.append(ys, y_end)
-                pro_done = True
+            xs, ys, pro_done = _pro_up_to(fp_e / n_nor, pro_e, max_fpr)
             pro_area += float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]))) / 2.0
             pro_x.append(xs[1:])
             pro_y.append(ys[1:])
@@ -265,6 +257,20 @@ def pixel_report(
         roc=_roc_points(roc_parts, n_def, n_nor, max_points),
         pro=_pro_points(np.concatenate(pro_x), np.concatenate(pro_y), max_points),
     )
+
+
+def _pro_up_to(x: np.ndarray, pro: np.ndarray, max_fpr: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One chunk of the PRO curve (FPR x, PRO) up to max_fpr, closed at exactly max_fpr by linear
+    interpolation when the chunk crosses it (then True: the curve is complete)."""
+    k = int(np.searchsorted(x, max_fpr, side="right"))  # x[:k] ≤ max_fpr < x[k:]
+    xs, ys = x[:k], pro[:k]
+    if k == x.size:
+        return xs, ys, False
+    x0, y0, x1, y1 = x[k - 1], pro[k - 1], x[k], pro[k]
+    if x0 < max_fpr:  # (else the curve already has its point at max_fpr)
+        y_end = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
+        xs, ys = np.append(xs, max_fpr), np.append(ys, y_end)
+    return xs, ys, True
 
 
 def _roc_points(

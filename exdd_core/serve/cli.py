@@ -56,38 +56,68 @@ def _threshold(args: argparse.Namespace, card: Card, mode: str) -> float | None:
     return thr
 
 
-def cmd_score(args: argparse.Namespace) -> str:
-    """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
-    from exdd_core.data.imageio import save_png
-    from exdd_core.evaluation.overlay import annotate, overlay
+def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any, str, Path]:
+    """The card, its path, the scorer (banks + card, or an export folder), the device and where the banks
+    are (the banks folder or the export); image sizes are refused up front (before loading the backbone)
+    unless --resize."""
     from exdd_core.runtime.device import resolve_device
     from exdd_core.scoring.card import load_card
-    from exdd_core.scoring.model import FALLBACK_NOTE
     from exdd_core.serve.export import CARD_FILE, is_export, load_exported_card, open_exported
-    from exdd_core.serve.inference import (
-        check_sizes,
-        expand_inputs,
-        find_card,
-        map_at_image_size,
-        open_scorer,
-        score_file,
-    )
+    from exdd_core.serve.inference import check_sizes, find_card, open_scorer
 
-    paths = expand_inputs(args.images)
     exported = args.model is not None and is_export(args.model)
     card_path = args.model / CARD_FILE if exported else find_card(args.banks, args.model)
     card = load_exported_card(args.model) if exported else load_card(card_path)
-    size = card.image_size
     if not args.resize:
-        check_sizes(paths, size)  # type: ignore[arg-type]
+        check_sizes(paths, card.image_size)  # type: ignore[arg-type]
     device = resolve_device(args.device, "--device")
     scorer = open_exported(args.model, device) if exported else open_scorer(args.banks, card_path, device)
+    return card, card_path, scorer, device, (args.model if exported else args.banks)
+
+
+def _score_one(
+    scorer: Any, path: Path, name: str, args: argparse.Namespace, mode: str, thr: float | None, card: Card
+) -> tuple[dict[str, Any], bool]:
+    """One image: its scores.csv row (and overlay, unless --no-overlays), and whether it was resized."""
+    from exdd_core.data.imageio import save_png
+    from exdd_core.evaluation.overlay import annotate, overlay
+    from exdd_core.serve.inference import map_at_image_size, score_file
+
+    scored = score_file(scorer, path, resize=args.resize)
+    s = scored.scores[mode]
+    decision = "" if thr is None else ("defective" if s >= thr else "normal")
+    if not args.no_overlays:
+        lo, hi = card.map_range
+        over = overlay(scored.image, map_at_image_size(scored), lo, hi)
+        thr_text = "none" if thr is None else f"{thr:.4g}"
+        lines = [path.name, f"ExDD ({mode}) {s:.4g}, thr {thr_text}", f"-> {decision or 'no threshold'}"]
+        save_png(args.out / "overlays" / name, annotate(over, lines, lo, hi, font_size=12))
+    row = {
+        "image": str(path),
+        # repr: the shortest text that reads back as the same float, so a score equal to the threshold
+        # (the F1-optimal threshold is a test image's score) stays equal in the CSV
+        "exdd": repr(float(s)),
+        "patchcore": repr(float(scored.patchcore)),
+        "decision": decision,
+        "threshold": "" if thr is None else repr(float(thr)),
+        "overlay": "" if args.no_overlays else f"overlays/{name}",
+    }
+    return row, scored.resized
+
+
+def cmd_score(args: argparse.Namespace) -> str:
+    """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
+    from exdd_core.scoring.model import FALLBACK_NOTE
+    from exdd_core.serve.inference import expand_inputs
+
+    paths = expand_inputs(args.images)
+    card, card_path, scorer, device, banks = _open(args, paths)
+    size = card.image_size
     mode = args.mode or card.scoring["mode"]
     thr = _threshold(args, card, mode)
-    lo, hi = card.map_range
     log.info(
         "banks %s, card %s: %s, weights %s, image size %sx%s, ExDD mode %s, threshold %s",
-        args.model if exported else args.banks,
+        banks,
         card_path,
         card.backbone["name"],
         card.features["weights_id"],
@@ -97,35 +127,15 @@ def cmd_score(args: argparse.Namespace) -> str:
     )
     if scorer.model.fallback:
         log.warning(FALLBACK_NOTE)
-
-    out: Path = args.out
-    names = _overlay_names(paths)
     rows: list[dict[str, Any]] = []
-    flagged = resized = 0
-    for path, name in track(list(zip(paths, names, strict=True)), "score", len(paths)):
-        scored = score_file(scorer, path, resize=args.resize)
-        resized += scored.resized
-        s = scored.scores[mode]
-        decision = "" if thr is None else ("defective" if s >= thr else "normal")
-        flagged += decision == "defective"
-        if not args.no_overlays:
-            over = overlay(scored.image, map_at_image_size(scored), lo, hi)
-            thr_text = "none" if thr is None else f"{thr:.4g}"
-            lines = [path.name, f"ExDD ({mode}) {s:.4g}, thr {thr_text}", f"-> {decision or 'no threshold'}"]
-            save_png(out / "overlays" / name, annotate(over, lines, lo, hi, font_size=12))
-        rows.append(
-            {
-                "image": str(path),
-                # repr: the shortest text that reads back as the same float, so a score equal to the
-                # threshold (the F1-optimal threshold is a test image's score) stays equal in the CSV
-                "exdd": repr(float(s)),
-                "patchcore": repr(float(scored.patchcore)),
-                "decision": decision,
-                "threshold": "" if thr is None else repr(float(thr)),
-                "overlay": "" if args.no_overlays else f"overlays/{name}",
-            }
-        )
+    resized = 0
+    for path, name in track(list(zip(paths, _overlay_names(paths), strict=True)), "score", len(paths)):
+        row, was_resized = _score_one(scorer, path, name, args, mode, thr, card)
+        rows.append(row)
+        resized += was_resized
+    out: Path = args.out
     write_csv_atomic(out / "scores.csv", rows, SCORE_COLUMNS)
+    flagged = sum(r["decision"] == "defective" for r in rows)
     note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""
     return (
         f"scored {len(paths)} images{note} on {device} with {card.backbone['name']} "
@@ -216,13 +226,8 @@ def cmd_info(args: argparse.Namespace) -> str:
 # entry point
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="exdd",
-        description="ExDD surface-defect detection: score new images with the banks a pipeline run built.",
-    )
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
+def _add_score(sub: Any) -> None:
+    """The `score` verb's arguments."""
     sc = sub.add_parser(
         "score",
         help="score images or folders; write scores.csv and heatmap overlays",
@@ -261,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
     sc.set_defaults(func=cmd_score)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exdd",
+        description="ExDD surface-defect detection: score new images with the banks a pipeline run built.",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    _add_score(sub)
     ex = sub.add_parser(
         "export",
         help="write banks, backbone and card as one folder that scores without DVC or the repo",

@@ -14,25 +14,24 @@ experiment - generates only the samples it has never generated. The output folde
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from exdd_core.data.imageio import load_image, load_mask, save_png
-from exdd_core.data.records import SYNTHETIC_PREFIX, ImageRecord, write_manifest
-from exdd_core.runtime.atomic import PendingPath, atomic_dir, partial_path
+from exdd_core.data.imageio import load_image, load_mask
+from exdd_core.data.records import ImageRecord
+from exdd_core.runtime.atomic import PendingPath, partial_path
 from exdd_core.runtime.choices import SYNTH_MASKS
 from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import ParamError
 from exdd_core.synth.cache import SampleCache, sample_key, source_digest
 from exdd_core.synth.diffmask import diff_mask, paste_outside
 from exdd_core.synth.masks import GENERATED_IDS, generated_mask, is_generated
+from exdd_core.synth.output import merge_shards, write_index, write_sample
 from exdd_core.synth.plan import SampleRecipe, apply_jitter, plan_sample
 
 # Attempts per sample whose diff mask comes out empty, before it is dropped (reported). Fixed: a retry only
@@ -108,6 +107,15 @@ class _Stats:
     seconds: float = 0.0
     samples: int = 0  # kept samples of every rank (set by rank 0 when sharded)
 
+    def summary(self, samples: int) -> dict[str, int]:
+        return {
+            "samples": samples,
+            "replaced": self.replaced,
+            "dropped": self.dropped,
+            "generated": self.generated,
+            "cached": self.cached,
+        }
+
 
 def _generate(backend: Backend, jobs: list[_Job]) -> list[np.ndarray]:
     """One batched call when the backend has `generate_batch`, else one call per job."""
@@ -133,6 +141,134 @@ def _check_output(backend: Backend, job: _Job, out: np.ndarray) -> np.ndarray:
             f"expected uint8 {job.image.shape}"
         )
     return out
+
+
+@dataclass
+class SynthSettings:
+    """What decides every sample besides its index: the source images, the prompts and the painting rules."""
+
+    normal_ids: list[str]
+    mask_ids: list[str]  # real defect masks, or the generated mask families
+    by_id: dict[str, ImageRecord]
+    seed: int
+    prompts: list[str]
+    jitter: bool
+    diff_threshold: float
+    image_size: tuple[int, int]
+    dilate: int
+    min_area: int
+
+
+class _Synthesis:
+    """One synthesize run: makes each sample's job (from the cache when it can), generates the rest in
+    batches, keeps the samples with a defect and retries the others (module doc)."""
+
+    def __init__(
+        self,
+        settings: SynthSettings,
+        backend: Backend | None,
+        cache: SampleCache | None,
+        batch_size: int,
+        tmp: Path,
+        log: Callable[[str], None],
+        warn: Callable[[str], None],
+    ) -> None:
+        self.s, self.backend, self.cache, self.batch_size, self.tmp, self.warn = (
+            settings, backend, cache, batch_size, tmp, warn
+        )  # fmt: skip
+        self.identity = None
+        if cache is not None and backend is not None:
+            ident = getattr(backend, "cache_identity", None)
+            self.identity = ident() if ident is not None else None
+            if self.identity is None:
+                log(f"backend {backend.name} has no cache identity: its samples are not cached")
+        self.stats = _Stats()
+        self.done: dict[int, tuple[ImageRecord, dict]] = {}
+
+    def job(self, i: int, attempt: int) -> _Job:
+        s = self.s
+        recipe = plan_sample(
+            attempt_seed(s.seed, attempt), i, s.normal_ids, s.mask_ids, len(s.prompts), s.jitter
+        )
+        image = load_image(s.by_id[recipe.normal_id].image_path, s.image_size)
+        if is_generated(recipe.mask_id):
+            mask = generated_mask(recipe.mask_id, s.image_size, recipe.sample_seed)
+        else:
+            mask = apply_jitter(load_mask(s.by_id[recipe.mask_id].mask_path, s.image_size), recipe)
+        job = _Job(i, attempt, recipe, s.prompts[recipe.prompt_index], image, mask)
+        if self.identity is not None and self.cache is not None:
+            job.key, job.key_parts = sample_key(self.identity, image, mask, job.prompt, recipe.sample_seed)
+            job.generated = self.cache.get(job.key, image.shape)
+            self.stats.cached += job.generated is not None
+        return job
+
+    def generate(self, jobs: list[_Job]) -> None:
+        """The backend's outputs for the jobs the cache could not answer, `batch_size` per call."""
+        todo = [j for j in jobs if j.generated is None]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            outs = _generate(self.backend, chunk)  # type: ignore[arg-type]
+            self.stats.seconds += time.perf_counter() - t0
+            self.stats.generated += len(chunk)
+            for job, raw in zip(chunk, outs, strict=True):
+                job.generated = _check_output(self.backend, job, raw)  # type: ignore[arg-type]
+                if job.key is not None and self.cache is not None:
+                    self.cache.put(job.key, job.generated, job.key_parts)
+
+    def finish(self, jobs: list[_Job]) -> None:
+        """Generate what is missing, keep samples with a defect, retry the others with their next attempt."""
+        s = self.s
+        while jobs:
+            self.generate(jobs)
+            retry = []
+            for job in jobs:
+                final = paste_outside(job.image, job.generated, job.mask, s.dilate)
+                dm = diff_mask(job.image, final, job.mask, s.diff_threshold, s.dilate, s.min_area)
+                if dm.any():
+                    self.done[job.index] = write_sample(self.tmp, job, final, dm)
+                    continue
+                self.stats.replaced += 1
+                if job.attempt + 1 < MAX_ATTEMPTS:
+                    self.warn(
+                        f"synthetic sample {job.index} (attempt {job.attempt}) changed no pixel above the "
+                        "threshold: replaced"
+                    )
+                    retry.append(self.job(job.index, job.attempt + 1))
+                else:
+                    self.stats.dropped += 1
+                    self.warn(
+                        f"synthetic sample {job.index}: {MAX_ATTEMPTS} attempts gave an empty diff mask; "
+                        "sample dropped"
+                    )
+            jobs = retry
+
+    def run(self, indices: range, progress: Callable) -> None:
+        """Every index, flushed in groups so memory stays bounded."""
+        pending: list[_Job] = []
+        desc = f"synthesize ({self.backend.name if self.backend else 'none'})"
+        for i in progress(indices, desc, len(indices)):
+            pending.append(self.job(i, 0))
+            if sum(j.generated is None for j in pending) >= self.batch_size or len(pending) >= FLUSH_EVERY:
+                self.finish(pending)
+                pending = []
+        self.finish(pending)
+
+
+def mask_sources(
+    defective: list[ImageRecord], masks: str, count: int, log: Callable[[str], None]
+) -> tuple[list[ImageRecord], list[str]]:
+    """The defective records with a mask, and the mask ids samples draw from: theirs, or the generated
+    families (`synth.masks` generated, or auto without any real mask)."""
+    if masks not in SYNTH_MASKS:
+        raise ParamError(f"synth.masks = {masks!r}; expected one of {SYNTH_MASKS}")
+    masks_src = [r for r in defective if r.mask_path is not None]
+    mask_ids = [r.id for r in masks_src]
+    if masks == "generated" or (masks == "auto" and not mask_ids):
+        if count and masks == "auto":
+            log(f"no real defect masks: {count} samples get generated masks ({', '.join(GENERATED_IDS)})")
+        mask_ids = list(GENERATED_IDS)
+    return masks_src, mask_ids
 
 
 def synthesize(
@@ -162,175 +298,39 @@ def synthesize(
     Samples whose diff mask is empty (the backend changed nothing visible) are reported through `warn` and
     replaced by a fresh recipe for the same index, up to MAX_ATTEMPTS, then dropped (also reported). Pixels
     outside the mask grown by `dilate` px are pasted back from the original; the diff mask keeps changes
-    inside that region, without specks under `min_area` px. Up to
-    `batch_size` samples that are not in `cache` go to the backend in one call. `masks`: where inpainting
-    masks come from: `real` defect masks, `generated` ones (synth.masks), or `auto` (real when there are any)."""
+    inside that region, without specks under `min_area` px. Up to `batch_size` samples that are not in
+    `cache` go to the backend in one call. `masks`: where inpainting masks come from: `real` defect masks,
+    `generated` ones (synth.masks), or `auto` (real when there are any)."""
     if count and backend is None:
         raise ParamError("synth.count > 0 needs a synth.backend (procedural or sdxl)")
     if batch_size < 1:
         raise ParamError(f"synth.batch_size must be >= 1, got {batch_size}")
-    warn = warn or log
-    normal_ids = [r.id for r in normal]
-    masks_src = [r for r in defective if r.mask_path is not None]
-    mask_ids = [r.id for r in masks_src]
-    if masks not in SYNTH_MASKS:
-        raise ParamError(f"synth.masks = {masks!r}; expected one of {SYNTH_MASKS}")
-    if masks == "generated" or (masks == "auto" and not mask_ids):
-        if count and masks == "auto":
-            log(f"no real defect masks: {count} samples get generated masks ({', '.join(GENERATED_IDS)})")
-        mask_ids = list(GENERATED_IDS)
+    masks_src, mask_ids = mask_sources(defective, masks, count, log)
     by_id = {r.id: r for r in normal} | {r.id: r for r in masks_src}
-    identity = None
-    if cache is not None and count:
-        ident = getattr(backend, "cache_identity", None)
-        identity = ident() if ident is not None else None
-        if identity is None:
-            log(f"backend {backend.name} has no cache identity: its samples are not cached")
-    stats = _Stats()
-    done: dict[int, tuple[ImageRecord, dict]] = {}
-
-    def make_job(i: int, attempt: int) -> _Job:
-        recipe = plan_sample(attempt_seed(seed, attempt), i, normal_ids, mask_ids, len(prompts), jitter)
-        image = load_image(by_id[recipe.normal_id].image_path, image_size)
-        if is_generated(recipe.mask_id):
-            mask = generated_mask(recipe.mask_id, image_size, recipe.sample_seed)
-        else:
-            mask = apply_jitter(load_mask(by_id[recipe.mask_id].mask_path, image_size), recipe)
-        job = _Job(i, attempt, recipe, prompts[recipe.prompt_index], image, mask)
-        if identity is not None:
-            job.key, job.key_parts = sample_key(identity, image, mask, job.prompt, recipe.sample_seed)
-            job.generated = cache.get(job.key, image.shape)
-            stats.cached += job.generated is not None
-        return job
-
-    def run(jobs: list[_Job]) -> None:
-        todo = [j for j in jobs if j.generated is None]
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            t0 = time.perf_counter()
-            outs = _generate(backend, chunk)
-            stats.seconds += time.perf_counter() - t0
-            stats.generated += len(chunk)
-            for job, raw in zip(chunk, outs, strict=True):
-                job.generated = _check_output(backend, job, raw)
-                if job.key is not None:
-                    cache.put(job.key, job.generated, job.key_parts)
-
-    def finish(jobs: list[_Job]) -> None:
-        """Generate what is missing, keep samples with a defect, retry the others with their next attempt."""
-        while jobs:
-            run(jobs)
-            retry = []
-            for job in jobs:
-                final = paste_outside(job.image, job.generated, job.mask, dilate)
-                dm = diff_mask(job.image, final, job.mask, diff_threshold, dilate, min_area)
-                if dm.any():
-                    done[job.index] = _write_sample(tmp, job, final, dm)
-                    continue
-                stats.replaced += 1
-                if job.attempt + 1 < MAX_ATTEMPTS:
-                    warn(
-                        f"synthetic sample {job.index} (attempt {job.attempt}) changed no pixel above the "
-                        "threshold: replaced"
-                    )
-                    retry.append(make_job(job.index, job.attempt + 1))
-                else:
-                    stats.dropped += 1
-                    warn(
-                        f"synthetic sample {job.index}: {MAX_ATTEMPTS} attempts gave an empty diff mask; "
-                        "sample dropped"
-                    )
-            jobs = retry
-
+    settings = SynthSettings(
+        [r.id for r in normal], mask_ids, by_id, seed, prompts, jitter, diff_threshold, image_size, dilate, min_area
+    )  # fmt: skip
     # One process: every sample, straight into the output. Under torchrun (`ranks`): each rank generates a
     # contiguous shard of the indices into a folder of its own; rank 0 then moves them all into the output.
     world = 1 if ranks is None else ranks.world
     lo, hi = shard_bounds(count, world, 0 if ranks is None else ranks.rank)
     pending_dir = PendingPath(out if world == 1 else partial_path(out), directory=True)
-    tmp = pending_dir.tmp
+    job = _Synthesis(
+        settings, backend if count else None, cache, batch_size, pending_dir.tmp, log, warn or log
+    )
     try:
-        pending: list[_Job] = []
-        desc = f"synthesize ({backend.name if backend else 'none'})"
-        for i in progress(range(lo, hi), desc, hi - lo):
-            pending.append(make_job(i, 0))
-            if sum(j.generated is None for j in pending) >= batch_size or len(pending) >= FLUSH_EVERY:
-                finish(pending)
-                pending = []
-        finish(pending)
+        job.run(range(lo, hi), progress)
         if world == 1:
-            _write_index(tmp, [done[i] for i in sorted(done)])
+            write_index(pending_dir.tmp, [job.done[i] for i in sorted(job.done)])
             pending_dir.commit()
         else:
-            _merge_shards(out, tmp, done, stats, ranks)
+            merge_shards(out, pending_dir.tmp, job.done, job.stats, ranks)  # type: ignore[arg-type]
     finally:
-        if world > 1 or tmp.exists():
+        if world > 1 or pending_dir.tmp.exists():
             pending_dir.abort()
     if count and (ranks is None or ranks.main):
-        _log_timing(log, backend, stats, cache)
-    return {
-        "samples": stats.samples if world > 1 else len(done),
-        "replaced": stats.replaced,
-        "dropped": stats.dropped,
-        "generated": stats.generated,
-        "cached": stats.cached,
-    }
-
-
-def _write_index(folder: Path, samples: list[tuple[ImageRecord, dict]]) -> None:
-    """manifest.csv and recipes.json of the samples (in index order) whose files are in `folder`."""
-    write_manifest([rec for rec, _ in samples], folder / "manifest.csv", folder)
-    recipes = [recipe for _, recipe in samples]
-    (folder / "recipes.json").write_text(json.dumps(recipes, indent=1, default=_jsonable))
-
-
-def _merge_shards(out: Path, shard: Path, done: dict, stats: _Stats, ranks: Ranks) -> None:
-    """Every rank's samples, moved by rank 0 into one output folder, indexed in sample order: the folder one
-    process writes. The counts of every rank are summed into `stats` on rank 0."""
-    import torch.distributed as dist
-
-    mine = {
-        i: (rec.id, _rel(rec.image_path, shard), _rel(rec.mask_path, shard), recipe)
-        for i, (rec, recipe) in done.items()
-    }
-    gathered: list[Any] = [None] * ranks.world
-    counts = (stats.replaced, stats.dropped, stats.generated, stats.cached)
-    dist.all_gather_object(gathered, (str(shard), mine, counts))
-    if ranks.main:
-        with atomic_dir(out) as final:
-            samples = {}
-            for shard_dir, items, _ in gathered:
-                for i, (sid, image, mask, recipe) in items.items():
-                    for name in (image, mask):
-                        (final / name).parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(Path(shard_dir) / name, final / name)
-                    samples[i] = (ImageRecord(sid, "train", 1, final / image, final / mask), recipe)
-            _write_index(final, [samples[i] for i in sorted(samples)])
-        sums = [sum(c[k] for _, _, c in gathered) for k in range(4)]
-        stats.replaced, stats.dropped, stats.generated, stats.cached = sums
-        stats.samples = sum(len(items) for _, items, _ in gathered)
-    dist.barrier()
-
-
-def _rel(path: Path | None, root: Path) -> str:
-    return Path(path).relative_to(root).as_posix() if path is not None else ""
-
-
-def _write_sample(tmp: Path, job: _Job, final: np.ndarray, dm: np.ndarray) -> tuple[ImageRecord, dict]:
-    """Save image and diff mask of a kept sample; return its manifest record and its recipe entry."""
-    sid = f"{SYNTHETIC_PREFIX}{job.index:05d}"
-    img_path, mask_path = tmp / "images" / f"{sid}.png", tmp / "masks" / f"{sid}.png"
-    save_png(img_path, final)
-    save_png(mask_path, dm.astype(np.uint8) * 255)
-    recipe = {
-        "id": sid,
-        **asdict(job.recipe),
-        "prompt": job.prompt,
-        "attempt": job.attempt,
-        "diff_pixels": int(dm.sum()),
-    }
-    if job.key is not None:
-        recipe["cache_key"] = job.key
-    return ImageRecord(sid, "train", 1, img_path, mask_path), recipe
+        _log_timing(log, backend, job.stats, cache)  # type: ignore[arg-type]
+    return job.stats.summary(job.stats.samples if world > 1 else len(job.done))
 
 
 def _log_timing(
@@ -344,11 +344,3 @@ def _log_timing(
         f"{what}: generated {stats.generated} image(s) in {stats.seconds:.1f} s{per}; {stats.cached} taken"
         f"{where}"
     )
-
-
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(type(x))
