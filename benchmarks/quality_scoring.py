@@ -41,6 +41,22 @@ GAMMAS = (0.0, 0.25, 0.5, 1.0)
 FOLDS = 4
 
 
+def channel_weights(
+    defect_resid: torch.Tensor, normal_resid: torch.Tensor, gamma: float, eps: float = 1e-8
+) -> torch.Tensor:
+    """Per-channel metric weights (C,), mean 1: (mean defect r_c^2 / mean normal r_c^2) ** gamma.
+
+    Why: a channel in which known defects deviate from their nearest normal row more than normal rows
+    deviate from theirs carries defect signal; one that only carries texture noise is down-weighted.
+    gamma = 0 (or no defect rows) gives all-ones weights, i.e. the plain Euclidean PatchCore metric."""
+    c = normal_resid.shape[1]
+    if gamma == 0 or defect_resid.shape[0] == 0:
+        return torch.ones(c, dtype=torch.float32, device=normal_resid.device)
+    snr = (defect_resid.double().pow(2).mean(0) + eps) / (normal_resid.double().pow(2).mean(0) + eps)
+    w = snr.pow(gamma)
+    return (w / w.mean()).to(torch.float32)
+
+
 def coreset_rows(rows: np.ndarray, ratio: float, seed: int, min_size: int = 1000) -> np.ndarray:
     """Indices of the project's coreset (128-d Gaussian projection for selection, greedy k-center)."""
     k = coreset_size(len(rows), ratio, min_size)
@@ -204,7 +220,7 @@ class Scorer:
             return self.run_snr(v)
         mp = self.bank(v["bank"])
         info: dict = {"bank_rows": len(mp)}
-        if v["kind"] == "ratio":  # the pipeline's model: all three modes share one pass and one map
+        if v["kind"] == "ratio":  # the pipeline's model: the paper's three modes share one pass and one map
             key = repr(sorted(v["bank"].items()))
             if key not in self._ratio:
                 model = ExddModel(self.mn.numpy(), mp.numpy(), ScoringSettings(neighbors=3), ctx.spec.size, g)
@@ -256,7 +272,7 @@ class Scorer:
             d, i = nn1(mn, x)
             self._res[key] = (dres, (x - mn[i])[d > 0])  # rows that are bank members have no residual
         dres, nres = self._res[key]
-        return fusion.channel_weights(dres, nres, gamma)
+        return channel_weights(dres, nres, gamma)
 
     def run_snr(self, v: dict) -> tuple[tuple[float, float, float], dict]:
         """PatchCore in the metric weighted by fusion.channel_weights (gamma fixed or cross-fitted)."""

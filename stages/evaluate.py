@@ -1,9 +1,9 @@
-"""Stage evaluate: ExDD (three image-score modes) and one-bank PatchCore on the test set -> metrics.json, eval/."""
+"""Stage evaluate: ExDD (every image-score mode) and one-bank PatchCore on the test set -> metrics.json, eval/."""
 
 import json
 from pathlib import Path
 
-from exdd_core.banks.health import MOSTLY_BACKGROUND
+from exdd_core.banks.health import mostly_background
 from exdd_core.evaluation.report import EvalInputs, describe_run, evaluate
 from exdd_core.runtime import distributed
 from exdd_core.runtime.atomic import staging_dir
@@ -75,7 +75,7 @@ def log_notes(m: dict) -> None:
     for note in (m.get("note"), FALLBACK_NOTE if m["fallback"] else None, m.get("pixel_note")):
         if note:
             log.warning(note)
-    if (m["defect_bank"]["background_share"] or 0.0) > MOSTLY_BACKGROUND:
+    if mostly_background(m["defect_bank"]["background_share"]):
         log.warning("defect bank is mostly background: %s", describe_health(m["defect_bank"]))
     if "note" in m["calibration"]:
         log.warning(m["calibration"]["note"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor, create_backbone
-from exdd_core.runtime.errors import InputError, MissingResourceError, ParamError
+from exdd_core.features import BackboneSpec, PatchFeatureExtractor, create_backbone
+from exdd_core.runtime import InputError, MissingResourceError, ParamError
 
 IMG = np.random.default_rng(0).integers(0, 256, (632, 224, 3), dtype=np.uint8)
 

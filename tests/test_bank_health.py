@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exdd_core.banks.health import defect_bank_health, normal_nn_scale
-from exdd_core.banks.knn import Bank
+from exdd_core.banks import Bank, defect_bank_health, normal_nn_scale
 
 
 def reference(normal: np.ndarray, defect: np.ndarray, synthetic: np.ndarray) -> tuple[float, float, float]:

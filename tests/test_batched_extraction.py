@@ -7,12 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exdd_core.data.imageio import save_png
-from exdd_core.data.records import ImageRecord
-from exdd_core.features.embedder import make_extractor
-from exdd_core.features.extract import write_store
+from exdd_core.data import ImageRecord, save_png
+from exdd_core.features import Store, make_extractor, write_store
 from exdd_core.features.loader import batches
-from exdd_core.features.store import Store
 
 SIZE = (64, 48)
 

@@ -3,10 +3,12 @@ tolerance of its false-alarm rate on fresh normals."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from exdd_core.evaluation.calibration import binomial_tolerance, calibration_ids, line_rates, threshold_at_fpr
+from exdd_core.evaluation.calibration import calibration_ids, line_rates, threshold_at_fpr
 
 
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.2, 0.5])
@@ -22,6 +24,12 @@ def test_threshold_flags_at_most_target_and_is_the_lowest_such(target: float, ti
     # the lowest: every distinct score below t would flag more than allowed
     below = np.unique(s[s < t])
     assert below.size == 0 or (s >= below.max()).sum() > allowed
+
+
+def binomial_tolerance(n: int, p: float, z: float = 3.0) -> float:
+    """z standard deviations of an observed rate of n Bernoulli(p) trials: how far a measured false-alarm
+    rate may sit from the target by chance alone."""
+    return z * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
 
 def test_false_alarm_rate_on_fresh_normals_within_binomial_tolerance() -> None:

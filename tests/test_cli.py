@@ -18,16 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exdd_core.data.imageio import save_png
-from exdd_core.data.records import ImageRecord
-from exdd_core.evaluation.report import EvalResult
-from exdd_core.features.embedder import make_extractor
-from exdd_core.features.extract import write_store
-from exdd_core.features.store import Store
+from exdd_core.data import ImageRecord, save_png
+from exdd_core.evaluation import EvalResult
+from exdd_core.features import Store, make_extractor, write_store
+from exdd_core.runtime import InputError, MismatchError
 from exdd_core.runtime.choices import RATIO_MODES as MODES
-from exdd_core.runtime.errors import InputError, MismatchError
+from exdd_core.scoring import ExddModel, ScoringSettings
 from exdd_core.scoring.card import Card, build_card, load_card, write_card
-from exdd_core.scoring.model import ExddModel, ScoringSettings
 from exdd_core.serve.cli import _overlay_names, build_parser, main
 from exdd_core.serve.inference import check_sizes, expand_inputs, open_scorer, score_file
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from exdd_core.features.store import Store, StoreWriter
+from exdd_core.features import Store, StoreWriter
 from exdd_core.scoring.crossfit import HeldOut, fit_lambda, held_out_scores, synth_sources
 
 FUSION = {"form": "tau", "topk": 1, "candidates": [0.0, 0.5, 1.0, 2.0], "tolerance": 0.0}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
+from exdd_core.banks import greedy_plain
 from exdd_core.banks.distributed import shard_bounds
-from exdd_core.banks.greedy import greedy_plain
 from exdd_core.runtime import distributed
 from tests import dist_worker
 

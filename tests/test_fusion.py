@@ -94,6 +94,13 @@ def test_select_by_cv_prefers_smaller_within_tolerance() -> None:
 
 
 def test_channel_weights_matches_loop() -> None:
+    """The dev suite's channel metric (benchmarks/quality_scoring.py: measured, not adopted) against a loop."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from quality_scoring import channel_weights
+
     rng = np.random.default_rng(6)
     dres, nres = rng.normal(size=(7, 4)) * [3, 1, 1, 0.5], rng.normal(size=(30, 4))
     for gamma in (0.5, 1.0):
@@ -102,9 +109,9 @@ def test_channel_weights_matches_loop() -> None:
             for c in range(4)
         ]
         ref = np.array(raw) / np.mean(raw)
-        got = fusion.channel_weights(torch.tensor(dres), torch.tensor(nres), gamma).numpy()
+        got = channel_weights(torch.tensor(dres), torch.tensor(nres), gamma).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-5)
-    ones = fusion.channel_weights(torch.tensor(dres), torch.tensor(nres), 0.0)
+    ones = channel_weights(torch.tensor(dres), torch.tensor(nres), 0.0)
     torch.testing.assert_close(ones, torch.ones(4))
-    empty = fusion.channel_weights(torch.zeros((0, 4)), torch.tensor(nres), 1.0)
+    empty = channel_weights(torch.zeros((0, 4)), torch.tensor(nres), 1.0)
     torch.testing.assert_close(empty, torch.ones(4))

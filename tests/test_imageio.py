@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from exdd_core.data.imageio import image_size_of, load_image, load_mask, save_png
-from exdd_core.runtime.errors import InputError
+from exdd_core.runtime import InputError
 
 
 def _rgb(h: int = 12, w: int = 8) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from exdd_core.banks.knn import Bank
+from exdd_core.banks import Bank
 
 
 def brute(q, b, k):

@@ -13,9 +13,9 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from exdd_core.evaluation import pixel_metrics as metrics
+from exdd_core.evaluation import pixel_report
 from exdd_core.evaluation.image_metrics import image_metrics, pr_points, roc_points
-from exdd_core.evaluation.pixel_metrics import pixel_report
-from exdd_core.runtime.errors import InputError, ParamError
+from exdd_core.runtime import InputError, ParamError
 
 # --------------------------------------------------------------------------------------------------------
 # the two views of `pixel_report` these tests check

@@ -13,10 +13,10 @@ from scipy import ndimage
 from sklearn.metrics import roc_curve
 
 from exdd_core.evaluation import pixel_metrics as metrics
+from exdd_core.evaluation import pixel_report
 from exdd_core.evaluation.heatmaps import _case_title
-from exdd_core.evaluation.pixel_metrics import pixel_report
 from exdd_core.evaluation.plots import score_histogram
-from exdd_core.runtime.errors import ParamError
+from exdd_core.runtime import ParamError
 
 
 def pixel_roc_points(masks, maps, max_points: int = 500) -> list[dict[str, float]]:

@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 
-from exdd_core.banks.coreset import coreset_size, greedy_coreset
-from exdd_core.banks.greedy import greedy_plain
-from exdd_core.banks.pruned import greedy_pruned
-from exdd_core.features.projection import project, projection_matrix
+from exdd_core.banks import coreset_size, greedy_coreset, greedy_plain, greedy_pruned
+from exdd_core.features import project, projection_matrix
 
 
 def coverage_radius(x: np.ndarray, selected: np.ndarray) -> float:

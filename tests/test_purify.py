@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exdd_core.banks.build import build_bank
-from exdd_core.banks.knn import Bank
+from exdd_core.banks import Bank, build_bank
 from exdd_core.banks.purify import defect_row_filter, unmasked_rows
-from exdd_core.features.store import Store, StoreWriter
+from exdd_core.features import Store, StoreWriter
 
 
 def spacing(normal: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from exdd_core.data.imageio import load_image, load_mask
+from exdd_core.data import load_image, load_mask
 from exdd_core.evaluation.report import load_banks
-from exdd_core.features.store import StoreWriter
-from exdd_core.runtime.errors import ExddError, InputError, MismatchError, ParamError
+from exdd_core.features import StoreWriter
+from exdd_core.runtime import ExddError, InputError, MismatchError, ParamError
 from exdd_core.runtime.params import load_params, validate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from exdd_core.runtime.choices import RATIO_MODES as MODES
+from exdd_core.scoring import ExddModel, ImageResult, ScoringSettings, reweight
 from exdd_core.scoring.maps import anomaly_map, upsample
-from exdd_core.scoring.model import ExddModel, ImageResult, ScoringSettings
-from exdd_core.scoring.reweighting import reweight
 
 EPS = 1e-6
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
+from exdd_core.features import Store, StoreWriter
 from exdd_core.features.sharded_store import ShardedStoreWriter
-from exdd_core.features.store import Store, StoreWriter
-from exdd_core.runtime import distributed
-from exdd_core.runtime.distributed import Ranks
+from exdd_core.runtime import Ranks, distributed
 from tests import dist_worker
 
 PORTS = range(29700, 29750)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exdd_core.data.imageio import load_image, load_mask, save_png
+from exdd_core.data import load_image, load_mask, save_png
 from exdd_core.data.sources import demo, ksdd2
 from exdd_core.data.sources.ksdd2 import ensure_ksdd2, extract_zip_safely, file_md5, read_ksdd2
 from exdd_core.data.sources.mvtec import read_mvtec
-from exdd_core.runtime.errors import InputError, MissingResourceError
+from exdd_core.runtime import InputError, MissingResourceError
 
 H, W = 20, 8
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from exdd_core.features.store import Store, StoreWriter, check_compatible, chunk_rows_for
-from exdd_core.runtime.errors import InputError, MismatchError
+from exdd_core.runtime import InputError, MismatchError
 
 
 def make_images(seed=0, n=23, dim=8):

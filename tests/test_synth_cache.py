@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exdd_core.data.imageio import save_png
-from exdd_core.data.records import ImageRecord, read_manifest
+from exdd_core.data import ImageRecord, read_manifest, save_png
 from exdd_core.runtime.hashing import array_digest
 from exdd_core.synth.cache import SampleCache, sample_key
 from exdd_core.synth.run import MAX_ATTEMPTS, ProceduralBackend, synthesize

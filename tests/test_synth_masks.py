@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from exdd_core.data.imageio import load_mask, save_png
-from exdd_core.data.records import ImageRecord, read_manifest
-from exdd_core.runtime.errors import ParamError
+from exdd_core.data import ImageRecord, load_mask, read_manifest, save_png
+from exdd_core.runtime import ParamError
+from exdd_core.synth import ProceduralBackend, synthesize
 from exdd_core.synth.masks import GENERATED_IDS, generated_mask
-from exdd_core.synth.run import ProceduralBackend, synthesize
 
 
 @pytest.mark.parametrize("shape", [(632, 224), (96, 64), (256, 256)])

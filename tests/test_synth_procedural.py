@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exdd_core.data.defects import random_defect, scratch, smudge, spot
-from exdd_core.runtime.errors import InputError, ParamError
+from exdd_core.runtime import InputError, ParamError
 from exdd_core.synth.diffmask import diff_mask, paste_outside
 from exdd_core.synth.plan import SampleRecipe, apply_jitter, plan_sample
 from exdd_core.synth.procedural import paint_defect

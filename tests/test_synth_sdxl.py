@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from exdd_core.data.imageio import load_image, load_mask, save_png
-from exdd_core.data.records import ImageRecord, read_manifest, write_manifest
-from exdd_core.runtime.errors import MissingResourceError
-from exdd_core.synth.cache import SampleCache
+from exdd_core.data import ImageRecord, load_image, load_mask, read_manifest, save_png, write_manifest
+from exdd_core.runtime import MissingResourceError
+from exdd_core.synth import SampleCache, synthesize
 from exdd_core.synth.diffmask import dilate_mask
 from exdd_core.synth.plan import SampleRecipe, apply_jitter
-from exdd_core.synth.run import synthesize
 from exdd_core.synth.sdxl import SdxlBackend, locate_model
 from tests.tiny_sdxl import save_tiny_sdxl_inpaint
 

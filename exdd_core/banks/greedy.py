@@ -4,7 +4,6 @@ against: both pick the same indices from the same start (docs/design.md, "Banks"
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,17 +82,3 @@ def greedy_plain_torch(
     if progress is not None and (k - 1) % 256:
         progress((k - 1) % 256)
     return CoresetResult(sel.cpu().numpy(), float(min_d.max().item()) if len(min_d) else 0.0)
-
-
-def coverage_radius(x: np.ndarray, selected: np.ndarray, block: int = 65536) -> float:
-    """Max over rows of x of the distance to the nearest selected row, brute force in blocks: the check
-    benchmarks/coreset.py runs on 10^5-10^6 rows, where a per-pair reference would not fit in memory."""
-    if len(selected) == 0:
-        return math.inf
-    s = np.asarray(x[selected], dtype=np.float32)
-    best = 0.0
-    for a in range(0, len(x), block):
-        q = np.asarray(x[a : a + block], dtype=np.float32)
-        d2 = (q * q).sum(1)[:, None] - 2.0 * q @ s.T + (s * s).sum(1)[None, :]
-        best = max(best, float(np.sqrt(np.maximum(d2.min(1), 0.0)).max()))
-    return best

@@ -20,6 +20,11 @@ SCALE_SAMPLE = 2048
 MOSTLY_BACKGROUND = 0.5
 
 
+def mostly_background(share: float | None) -> bool:
+    """A defect bank whose share of rows closer to M_N than M_N's own spacing exceeds MOSTLY_BACKGROUND."""
+    return share is not None and share > MOSTLY_BACKGROUND
+
+
 @dataclass(frozen=True)
 class BankHealth:
     defect_rows: int
@@ -30,7 +35,7 @@ class BankHealth:
 
     @property
     def mostly_background(self) -> bool:
-        return self.background_share is not None and self.background_share > MOSTLY_BACKGROUND
+        return mostly_background(self.background_share)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -36,9 +36,3 @@ def line_rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict
         "false_alarm_rate": float(flagged[normal].mean()) if normal.any() else None,
         "miss_rate": float((~flagged[defective]).mean()) if defective.any() else None,
     }
-
-
-def binomial_tolerance(n: int, p: float, z: float = 3.0) -> float:
-    """z standard deviations of an observed rate of n Bernoulli(p) trials: how far a measured false-alarm
-    rate may sit from the target by chance alone."""
-    return z * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))

@@ -1,4 +1,4 @@
-"""Evaluation: score every test image with both banks (ExDD, three modes) and with the normal bank alone
+"""Evaluation: score every test image with both banks (ExDD, every mode) and with the normal bank alone
 (PatchCore), compute image and pixel metrics, and write scores, curves and heatmap overlays."""
 
 from __future__ import annotations

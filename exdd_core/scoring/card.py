@@ -1,8 +1,8 @@
 """The deployment card (`eval/model.json`): everything `exdd score` needs besides the banks, written by
 evaluate, typed here so a misspelt or missing field is an error and not a KeyError deep in scoring.
 
-Format `exdd-model/1`; the JSON layout is unchanged from the free-form dict it replaces, so existing cards
-load as they are. A later format bumps the version and adds a migration in `Card.from_dict`.
+Format `exdd-model/2` (CARD_FORMAT); `exdd-model/1` cards, whose thresholds were the test set's F1-optimal
+ones, are read and migrated by `Card.from_dict`. A later format bumps the version and adds a migration there.
 """
 
 from __future__ import annotations

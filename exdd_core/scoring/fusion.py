@@ -19,10 +19,8 @@ tau_N / tau_P are each bank's own scale: the median of its rows' distances to th
 (`banks.purify`). lam is a fixed constant or is chosen by cross-fitting on training images (`select_by_cv`,
 `scoring.crossfit`), never on a test split (design.md, "Fused scoring").
 
-A second use of known defects (`channel_weights`, measured on the dev suite and not adopted: not robust across
-sets, benchmarks/RESULTS.md): they say *which feature channels* move when a surface is defective.
-w_c = (E_defect[r_c^2] / E_normal[r_c^2])^gamma, r = a row minus its nearest normal-bank row, then PatchCore
-runs in the metric sqrt(w) * x. gamma = 0 is PatchCore exactly.
+A second use of known defects, a channel-weighted metric, was measured on the dev suite and not adopted (not
+robust across sets); it lives with the suite (`benchmarks/quality_scoring.py: channel_weights`).
 
 All kernels are pure functions of tensors; `fused_scores` is the whole per-image wiring.
 """
@@ -120,19 +118,3 @@ def select_by_cv(
     scores = [float(cv_score(c)) for c in ordered]
     best = max(scores)
     return next(c for c, s in zip(ordered, scores, strict=True) if s >= best - tol)
-
-
-def channel_weights(
-    defect_resid: torch.Tensor, normal_resid: torch.Tensor, gamma: float, eps: float = 1e-8
-) -> torch.Tensor:
-    """Per-channel metric weights (C,), mean 1: (mean defect r_c^2 / mean normal r_c^2) ** gamma.
-
-    Why: a channel in which known defects deviate from their nearest normal row more than normal rows
-    deviate from theirs carries defect signal; one that only carries texture noise is down-weighted.
-    gamma = 0 (or no defect rows) gives all-ones weights, i.e. the plain Euclidean PatchCore metric."""
-    c = normal_resid.shape[1]
-    if gamma == 0 or defect_resid.shape[0] == 0:
-        return torch.ones(c, dtype=torch.float32, device=normal_resid.device)
-    snr = (defect_resid.double().pow(2).mean(0) + eps) / (normal_resid.double().pow(2).mean(0) + eps)
-    w = snr.pow(gamma)
-    return (w / w.mean()).to(torch.float32)
