@@ -384,3 +384,29 @@ def test_score_on_a_missing_gpu_is_a_clear_error(mini: Path, tmp_path: Path, cap
     assert code == 1 and "--device = 'cuda', but torch sees no CUDA GPU" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["score", image, "--device", "gpu"])
+
+
+@pytest.mark.slow
+def test_one_model_object_scores_an_image_file_as_evaluate_did(project, tmp_path: Path) -> None:
+    """ExddModel opened on the pipeline's banks and card, scoring the test image *files* (embedder included),
+    gives evaluate's scores.csv in every mode and both PatchCore scores; the exported model gives the same."""
+    from exdd_core.data import load_image
+    from exdd_core.runtime.choices import SCORE_MODES
+    from exdd_core.serve import export_model, open_exported, open_scorer
+
+    root, _ = project
+    evaluated = {r["image"]: r for r in csv.DictReader((root / "eval" / "scores.csv").open())}
+    keys = (*SCORE_MODES, "patchcore", "patchcore_reweighted")
+    export_model(root / "banks", root / "eval" / "model.json", tmp_path / "exported")
+    models = {
+        "pipeline": open_scorer(root / "banks", root / "eval" / "model.json").model,
+        "exported": open_exported(tmp_path / "exported").model,
+    }
+    images = sorted((root / "data" / "prepared" / "test" / "images").glob("*.png"))
+    assert len(images) == len(evaluated)
+    for path in images:
+        want = evaluated[path.stem]
+        for name, model in models.items():
+            got = model.score_image(load_image(path, model.image_size))
+            for k in keys:
+                assert got.scores[k] == pytest.approx(float(want[k]), rel=1e-6), (name, path.name, k)
