@@ -1,0 +1,113 @@
+"""The fit_fusion step: the fused score's weight lam (fixed, or cross-fitted on training images only,
+`scoring.crossfit`) and, for the `head` form, the deployed defect head fit on every training image.
+
+Reads the feature stores, the normal bank, the known defective images and the synthetic recipes (`FusionInputs`);
+knows nothing of DVC. The stage `fit_fusion` writes the returned `Fit` to fusion/fusion.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from exdd_core.banks.holdout import calibration_ids
+from exdd_core.data.imageio import load_image, load_mask
+from exdd_core.data.records import read_manifest
+from exdd_core.features.embedder import Embedder
+from exdd_core.features.patches import mask_coverage
+from exdd_core.features.store import Store
+from exdd_core.scoring.crossfit import Fit, fit_final_head, fit_lambda, held_out_scores, synth_sources
+
+
+@dataclass(frozen=True)
+class FusionInputs:
+    """Where the step reads from (the pipeline's paths by default)."""
+
+    normal_features: Path = Path("features/normal.zarr")
+    defect_features: Path = Path("features/defect.zarr")
+    normal_bank: Path = Path("banks/normal.zarr")
+    known_defects: Path = Path("data/prepared/train_defective/manifest.csv")
+    recipes: Path = Path("data/synthetic/recipes.json")
+
+
+def fit_fusion(
+    p: dict, inputs: FusionInputs, device: str, progress: Callable = lambda it, desc, total: it
+) -> Fit:
+    """lam (fixed, or cross-fitted) and the defect head, from the run's params `p`."""
+    fusion = p["scoring"]["fusion"]
+    if fusion["lam"] != "cv":
+        fit = Fit(float(fusion["lam"]), {}, {}, "fixed by scoring.fusion.lam")
+    elif p["bank"]["defect_patches"] == "bbox_crop":
+        fit = Fit(
+            0.0, {}, {}, "bank.defect_patches bbox_crop keeps no full-image rows to cross-fit on: lam 0"
+        )
+    else:
+        fit = _cross_fit(p, inputs, device, progress)
+    _final_head(p, inputs, fit)
+    return fit
+
+
+def _cross_fit(p: dict, inputs: FusionInputs, device: str, progress: Callable) -> Fit:
+    """lam cross-fitted on folds of the training images (banks and head rebuilt without each fold)."""
+    fusion = p["scoring"]["fusion"]
+    normal, defect = Store(inputs.normal_features), Store(inputs.defect_features)
+    held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
+    recipes = json.loads(inputs.recipes.read_text()) if inputs.recipes.is_file() else []
+    defects = _known_defects(p, inputs.known_defects, tuple(normal.attrs["grid"]), device, progress)
+    bank_ids = [i for i in normal.images if i not in held]
+    folds = min(fusion["folds"], len(bank_ids), len(defects))
+    if folds < 2:  # nothing to hold out on both sides: no evidence for lam > 0
+        why = "no known defective training images" if not defects else "too few training images"
+        images = {"normal": len(bank_ids), "defective": len(defects)}
+        return Fit(0.0, {}, images, f"{why} to cross-fit on: lam 0")
+    scored = held_out_scores(
+        normal, defect, bank_ids, synth_sources(recipes), defects, p["bank"], folds, p["seed"], device,
+        head=fusion["form"] == "head",
+    )  # fmt: skip
+    return fit_lambda(scored, fusion)
+
+
+def _known_defects(p: dict, manifest: Path, grid: tuple[int, int], device: str, progress: Callable) -> dict:
+    """Known defective training image id -> (its full patch rows as the stores hold them, the grid cells its
+    mask marks as defect, or None without a mask)."""
+    records = read_manifest(manifest)
+    if not records:
+        return {}
+    embedder = Embedder.from_params(p["backbone"], p["features"], p["seed"], device)
+    size = tuple(p["data"]["image_size"])
+    cover = p["scoring"]["fusion"]["cell_coverage"]
+    out = {}
+    for r in progress(records, "fit_fusion: known defects", len(records)):
+        rows = embedder.rows(load_image(r.image_path, size))
+        cells = None
+        if r.mask_path is not None:
+            cov = mask_coverage(torch.as_tensor(load_mask(r.mask_path, size)), grid)
+            cells = (cov.reshape(-1) >= cover).numpy()
+        out[r.id] = (rows, cells)
+    return out
+
+
+def _final_head(p: dict, inputs: FusionInputs, fit: Fit) -> None:
+    """Fit the deployed defect head (form `head`, lam > 0) on every training image of the banks."""
+    if p["scoring"]["fusion"]["form"] != "head" or fit.lam == 0 or p["bank"]["defect_patches"] == "bbox_crop":
+        return
+    normal, defect = Store(inputs.normal_features), Store(inputs.defect_features)
+    held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
+    bank_ids = [i for i in normal.images if i not in held]
+    m_n = Store(inputs.normal_bank).read_all()
+    fit.head, fired = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"])
+    fit.evidence = {**fit.evidence, "head_training": fired}
+    if fit.head is not None and fired["defect_rows_fired"] < 0.5 * fired["defect_rows"]:
+        weak = (
+            f"the defect head fires (z > 0) on only {fired['defect_rows_fired']} of its {fired['defect_rows']} "
+            f"own defect rows: these known defects look normal to the features; consider "
+            f"scoring.fusion.lam: cv, which falls back to PatchCore when they do not help"
+        )
+        fit.note = (fit.note + "; " if fit.note else "") + weak
+    if fit.head is None:
+        fit.lam = 0.0
+        fit.note = (fit.note + "; " if fit.note else "") + "no defect rows to fit the head on: lam 0"
