@@ -91,7 +91,7 @@ def evaluate(
     )
     calibration = (inputs.normal_features, eval_params["calibration_fraction"], seed)
     if sharded and ranks is not None and not ranks.main:  # rank 0 scores these too: the same collectives
-        _held_out_scores(model, *calibration)
+        _calibration_scores(model, *calibration)
         return None
     if t is None:  # a rank other than 0: its shard went to rank 0, which writes everything
         return None
@@ -107,7 +107,7 @@ def evaluate(
     }
     scores = {**t.scores, "exdd": t.scores[default]}
     oracle = f1_thresholds(truth.labels, scores)
-    held_out = _held_out_scores(model, *calibration)
+    held_out = _calibration_scores(model, *calibration)
     thresholds, cal = _calibrate(held_out, oracle, truth.labels, scores, eval_params, default)
     metrics = build_metrics(truth, scores, pixel, default, model, health, (bn, bp), cal, run)
     value_range = map_range(t.maps_exdd)
@@ -256,7 +256,7 @@ def _write_outputs(
     )
 
 
-def _held_out_scores(
+def _calibration_scores(
     model: ExddModel, normal_features: Path | None, fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
     """Every score (modes, patchcore) of the normal training images the normal bank held out."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exdd_core.banks.distributed import ShardedBank
 from exdd_core.banks.knn import Bank
 
 
@@ -32,8 +33,8 @@ class ScoringBank:
     """A bank plus a lazily filled table of each entry's b nearest neighbours inside the bank (N_b(m))."""
 
     def __init__(self, rows: np.ndarray | Any, neighbours: int, device: str = "cpu") -> None:
-        """`rows` (n, d), or a bank object already built (a `Bank`, or a `banks.distributed.ShardedBank`)."""
-        self.bank = rows if hasattr(rows, "knn") else Bank(rows, device=device)
+        """`rows` (n, d), or a bank already built: a `Bank`, or a `ShardedBank` (each rank holds a shard)."""
+        self.bank = rows if isinstance(rows, Bank | ShardedBank) else Bank(rows, device=device)
         self.b = int(neighbours)
         self._table = torch.full((len(self.bank), self.b), -1, dtype=torch.long, device=self.bank.device)
 
