@@ -9,6 +9,7 @@ bank no device holds whole (design.md, "Scaling past one process")."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,3 +148,13 @@ class ShardedBank:
 
     def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:
         return neighbours_of_members(self, idx, b)
+
+
+def shard_stores(stores: tuple[Any, ...], world: int, rank: int, device: str) -> tuple[ShardedBank, ...]:
+    """Each bank store as this rank's shard of it (rows read from the store: only the shard's), for a model
+    whose every k-NN is then a collective of all ranks: the same scores as the whole banks."""
+    out = []
+    for store in stores:
+        a, b = shard_bounds(len(store), world, rank)
+        out.append(ShardedBank(store.read_rows(a, b), a, len(store), device))
+    return tuple(out)

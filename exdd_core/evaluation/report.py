@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from exdd_core.banks.distributed import shard_stores
 from exdd_core.banks.health import defect_bank_health
 from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import SYNTHETIC_PREFIX, ImageRecord, read_manifest
@@ -81,7 +82,8 @@ def evaluate(
     records = _records_of(ts, inputs.test_manifest)
     sharded = shard_banks and ranks is not None and ranks.world > 1
     settings = ScoringSettings.from_params(scoring)
-    model = ExddModel.from_stores(bn, bp, settings, device, ranks if sharded else None)
+    banks = shard_stores((bn, bp), ranks.world, ranks.rank, device) if sharded and ranks else None
+    model = ExddModel.from_stores(bn, bp, settings, device, banks=banks)
     health = defect_bank_health(model.normal.bank, bp.read_all(), synthetic_rows(bp), model.normal_scale)
     t = gather_shards(
         lambda lo, hi: model.score_store(ts, lo, hi, progress),

@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from exdd_core.banks.distributed import ShardedBank
 from exdd_core.banks.health import normal_nn_scale
 from exdd_core.features.embedder import Embedder
 from exdd_core.features.store import Store
 from exdd_core.runtime.choices import RATIO_MODES, SCORE_MODES
-from exdd_core.runtime.distributed import Ranks, shard_bounds
 from exdd_core.runtime.errors import MismatchError
 from exdd_core.runtime.runlog import FALLBACK_NOTE as FALLBACK_NOTE
 from exdd_core.scoring.defect_head import DefectHead
@@ -167,21 +165,14 @@ class ExddModel:
         defect: Store,
         settings: ScoringSettings,
         device: str = "cpu",
-        ranks: Ranks | None = None,
         embedder: Embedder | None = None,
+        banks: tuple[Any, Any] | None = None,
     ) -> ExddModel:
-        """From the two bank stores (already checked compatible with what will be scored). With `ranks` (a
-        torch.distributed group), each rank reads only its shard of each bank (banks.distributed.ShardedBank):
-        the same scores, every call then a collective of all ranks."""
+        """From the two bank stores (already checked compatible with what will be scored): their rows, or
+        `banks` built from them elsewhere (a `ShardedBank` per store: `banks.distributed.shard_stores`)."""
+        rows = banks if banks is not None else (normal.read_all(), defect.read_all())
         attrs = normal.attrs
-        if ranks is None or ranks.world == 1:
-            banks: list[Any] = [normal.read_all(), defect.read_all()]
-        else:
-            banks = []
-            for store in (normal, defect):
-                a, b = shard_bounds(len(store), ranks.world, ranks.rank)
-                banks.append(ShardedBank(store.read_rows(a, b), a, len(store), device))
-        return cls(banks[0], banks[1], settings, attrs["image_size"], attrs["grid"], device, embedder)
+        return cls(rows[0], rows[1], settings, attrs["image_size"], attrs["grid"], device, embedder)
 
     @property
     def fallback(self) -> bool:
