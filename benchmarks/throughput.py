@@ -34,7 +34,7 @@ from _common import add_device_arg, machine, resolve, sync
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
 from exdd_core.data.sources.demo import render
-from exdd_core.features.embedder import make_extractor
+from exdd_core.features.embedder import Embedder, make_extractor
 from exdd_core.features.extract import write_store
 from exdd_core.features.store import Store
 
@@ -61,7 +61,7 @@ def ours(records: list[ImageRecord], out: Path, batch: int, device: str) -> floa
     write_store(
         records,
         out,
-        ex,
+        Embedder.around(ex, FEATURES, 0),
         image_size=SIZE,
         features=FEATURES,
         seed=0,
@@ -113,7 +113,7 @@ def _rank_extract(rank: int, world: int, port: int, folder: str, n: int, out: st
     dist.barrier()
     t0 = time.perf_counter()
     write_store(
-        records, Path(out), ex, ranks=Ranks(rank, world, rank),
+        records, Path(out), Embedder.around(ex, FEATURES, 0), ranks=Ranks(rank, world, rank),
         image_size=SIZE, features=FEATURES, seed=0, manifests=[], kind="normal",
     )  # fmt: skip
     dist.barrier()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from exdd_core.data.records import read_manifest
-from exdd_core.features.embedder import make_extractor
+from exdd_core.features.embedder import Embedder
 from exdd_core.features.extract import write_store
 from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
@@ -34,8 +34,8 @@ def main(which: str) -> str:
     device = resolve_device(p["backbone"]["device"], "backbone.device")
     ranks = distributed.init(device)
     device = distributed.local_device(device, ranks)
-    extractor = make_extractor(p["backbone"], p["features"], p["seed"], device)
-    prov = extractor.provenance()
+    embedder = Embedder.from_params(p["backbone"], p["features"], p["seed"], device)
+    prov = embedder.extractor.provenance()
     log.info(
         "backbone %s, weights %s, layers %s, device %s",
         prov["backbone"],
@@ -51,7 +51,7 @@ def main(which: str) -> str:
     summary = write_store(
         records,
         out,
-        extractor,
+        embedder,
         ranks=ranks,
         image_size=tuple(p["data"]["image_size"]),
         features=p["features"],

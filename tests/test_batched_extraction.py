@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from exdd_core.data import ImageRecord, save_png
-from exdd_core.features import Store, make_extractor, write_store
+from exdd_core.features import Embedder, Store, make_extractor, write_store
 from exdd_core.features.loader import batches
 
 SIZE = (64, 48)
@@ -37,8 +37,9 @@ def test_rows_identical_at_batch_1_and_8(records, tmp_path: Path, selection: str
     common = dict(
         image_size=SIZE, features=features, seed=0, manifests=[], kind="defect", selection=selection
     )
-    write_store(records, tmp_path / "b1.zarr", ex, batch_size=1, **common)
-    write_store(records, tmp_path / "b8.zarr", ex, batch_size=8, **common)
+    emb = Embedder.around(ex, common["features"], common["seed"])
+    write_store(records, tmp_path / "b1.zarr", emb, batch_size=1, **common)
+    write_store(records, tmp_path / "b8.zarr", emb, batch_size=8, **common)
     a, b = Store(tmp_path / "b1.zarr"), Store(tmp_path / "b8.zarr")
     assert a.images == b.images == [r.id for r in records] and list(a.offsets) == list(b.offsets)
     np.testing.assert_allclose(a.read_all(), b.read_all(), rtol=0, atol=1e-5)

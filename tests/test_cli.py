@@ -20,7 +20,7 @@ from PIL import Image
 
 from exdd_core.data import ImageRecord, save_png
 from exdd_core.evaluation import EvalResult
-from exdd_core.features import Store, make_extractor, write_store
+from exdd_core.features import Embedder, Store, make_extractor, write_store
 from exdd_core.runtime import InputError, MismatchError
 from exdd_core.runtime.choices import RATIO_MODES as MODES
 from exdd_core.scoring import ExddModel, ScoringSettings
@@ -66,9 +66,10 @@ def mini(tmp_path_factory) -> Path:
     features = {"patch_size": 3, "aggregation": "padded_bilinear", "store_dim": 32, "dtype": "float16"}
     ex = make_extractor(backbone, features, 0, "cpu")
     common = dict(image_size=SIZE, features=features, seed=0, manifests=[])
-    write_store(records[:2], root / "banks" / "normal.zarr", ex, kind="normal", **common)
-    write_store(records[3:], root / "banks" / "defect.zarr", ex, kind="defect", **common)
-    write_store(records, root / "features" / "test.zarr", ex, kind="test", **common)
+    emb = Embedder.around(ex, features, 0)
+    write_store(records[:2], root / "banks" / "normal.zarr", emb, kind="normal", **common)
+    write_store(records[3:], root / "banks" / "defect.zarr", emb, kind="defect", **common)
+    write_store(records, root / "features" / "test.zarr", emb, kind="test", **common)
     thresholds = {**{m: 1.0 for m in MODES}, "patchcore": 2.0}
     attrs = Store(root / "features" / "test.zarr").attrs
     result = EvalResult(fake_metrics(), [], np.zeros(0), {}, attrs, (0.0, 2.0), thresholds, thresholds)

@@ -39,10 +39,13 @@ class Embedder:
     @classmethod
     def from_params(cls, backbone: dict, features: dict, seed: int, device: str) -> Embedder:
         """As the feature stages embed: `backbone` and `features` params, the run's seed."""
-        extractor = make_extractor(backbone, features, seed, device)
-        return cls(
-            extractor, stores_projection(extractor, features["store_dim"], seed), np.dtype(features["dtype"])
-        )
+        return cls.around(make_extractor(backbone, features, seed, device), features, seed)
+
+    @classmethod
+    def around(cls, extractor: PatchFeatureExtractor, features: dict, seed: int) -> Embedder:
+        """An extractor with the stores' projection (`features.store_dim`, drawn from `seed`) and precision."""
+        projection = stores_projection(extractor, features["store_dim"], seed)
+        return cls(extractor, projection, np.dtype(features["dtype"]))
 
     @classmethod
     def for_stores(cls, extractor: PatchFeatureExtractor, store_attrs: dict[str, Any]) -> Embedder:

@@ -26,7 +26,7 @@ from scipy import ndimage
 from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import ImageRecord
 from exdd_core.features.backbone import PatchFeatureExtractor
-from exdd_core.features.embedder import stores_projection
+from exdd_core.features.embedder import Embedder
 from exdd_core.features.loader import batches
 from exdd_core.features.patches import mask_coverage, to_rows
 from exdd_core.features.projection import project
@@ -77,7 +77,7 @@ def _largest_region_bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
 def write_store(
     records: list[ImageRecord],
     out: Path,
-    extractor: PatchFeatureExtractor,
+    embedder: Embedder,
     *,
     image_size: tuple[int, int],
     features: dict,
@@ -90,8 +90,8 @@ def write_store(
     batch_size: int = 1,
     ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    """Extract features of `records` into the store at `out` (committed atomically). Returns the image and
-    row counts and the device of every rank.
+    """Embed `records` (the embedder's backbone, aggregation and projection) into the store at `out`
+    (committed atomically). Returns the image and row counts and the device of every rank.
 
     One process, or every rank of a torch.distributed group (`ranks`; all call it): each rank extracts a
     contiguous shard of `records` and writes its rows straight into the one store (sharded_store) - the same
@@ -99,9 +99,9 @@ def write_store(
     if not records and kind != "defect":  # an empty defect store is legal: the defect bank is then empty
         raise InputError(f"{out}: no images to extract features from ({kind})")
     ranks = ranks or Ranks(0, 1, 0)
+    extractor, proj = embedder.extractor, embedder.projection
     grid = extractor.grid_for(image_size)
     store_dim = features["store_dim"]
-    proj = stores_projection(extractor, store_dim, seed)
     attrs = store_attrs(extractor, features, image_size, grid, seed, manifests, kind)
     attrs["selection"] = selection
     attrs["mask_threshold"] = mask_threshold if selection == "mask" else None
