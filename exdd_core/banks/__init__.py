@@ -1,19 +1,8 @@
 """Memory banks: greedy k-center coreset selection, exact k-NN search, bank construction, health."""
 
-from exdd_core.runtime.lazy import lazy_exports
+from exdd_core.runtime.lazy import lazy_surface
 
-_WHERE = {
-    "Bank": "knn",
-    "ShardedBank": "distributed",
-    "build_bank": "build",
-    "coreset_rows": "build",
-    "coreset_size": "coreset",
-    "defect_bank_health": "health",
-    "defect_row_filter": "purify",
-    "greedy_coreset": "coreset",
-    "greedy_plain": "greedy",
-    "greedy_pruned": "pruned",
-    "normal_nn_scale": "health",
-}
-__all__ = sorted(_WHERE)
-__getattr__ = lazy_exports(__name__, _WHERE)
+__all__, __getattr__ = lazy_surface(
+    __name__,
+    "Bank ShardedBank build_bank calibration_ids coreset_rows coreset_size defect_bank_health defect_row_filter greedy_coreset greedy_plain greedy_pruned normal_nn_scale",
+)

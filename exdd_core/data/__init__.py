@@ -1,16 +1,8 @@
 """Data: image records and manifests, image/mask IO, data sources, the prepare step, defect painting."""
 
-from exdd_core.runtime.lazy import lazy_exports
+from exdd_core.runtime.lazy import lazy_surface
 
-_WHERE = {
-    "ImageRecord": "records",
-    "load_image": "imageio",
-    "load_mask": "imageio",
-    "read_manifest": "records",
-    "read_source": "prepare",
-    "save_png": "imageio",
-    "write_manifest": "records",
-    "write_prepared": "prepare",
-}
-__all__ = sorted(_WHERE)
-__getattr__ = lazy_exports(__name__, _WHERE)
+__all__, __getattr__ = lazy_surface(
+    __name__,
+    "ImageRecord load_image load_mask read_manifest read_source save_png write_manifest write_prepared",
+)

@@ -1,29 +1,9 @@
 """Infrastructure every stage shares: errors, logging, params, atomic writes, hashing, devices, and the
 multi-process runtime."""
 
-from exdd_core.runtime.lazy import lazy_exports
+from exdd_core.runtime.lazy import lazy_surface
 
-_WHERE = {
-    "ExddError": "errors",
-    "InputError": "errors",
-    "MismatchError": "errors",
-    "MissingResourceError": "errors",
-    "ParamError": "errors",
-    "RankStopped": "errors",
-    "Ranks": "distributed",
-    "atomic_dir": "atomic",
-    "atomic_path": "atomic",
-    "file_digest": "hashing",
-    "gather_shards": "distributed",
-    "load_params": "params",
-    "log": "runlog",
-    "resolve_device": "device",
-    "run_stage": "runlog",
-    "shard_bounds": "distributed",
-    "staging_dir": "atomic",
-    "track": "runlog",
-    "write_csv_atomic": "atomic",
-    "write_text_atomic": "atomic",
-}
-__all__ = sorted(_WHERE)
-__getattr__ = lazy_exports(__name__, _WHERE)
+__all__, __getattr__ = lazy_surface(
+    __name__,
+    "ExddError InputError MismatchError MissingResourceError ParamError RankStopped Ranks atomic_dir atomic_path file_digest gather_shards load_params log resolve_device run_stage shard_bounds staging_dir track write_csv_atomic write_text_atomic",
+)

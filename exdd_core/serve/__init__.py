@@ -1,15 +1,6 @@
 """Serving: scoring new images from the line with the banks and card (`exdd score`, `exdd export`,
 `exdd info`)."""
 
-from exdd_core.runtime.lazy import lazy_exports
+from exdd_core.runtime.lazy import lazy_surface
 
-_WHERE = {
-    "Scorer": "inference",
-    "export_model": "export",
-    "main": "cli",
-    "open_exported": "export",
-    "open_scorer": "inference",
-    "score_file": "inference",
-}
-__all__ = sorted(_WHERE)
-__getattr__ = lazy_exports(__name__, _WHERE)
+__all__, __getattr__ = lazy_surface(__name__, "Scorer export_model main open_exported open_scorer score_file")
