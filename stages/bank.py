@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from exdd_core.banks.build import build_bank
+from exdd_core.banks.distributed import sharded_selector
 from exdd_core.banks.holdout import calibration_ids
 from exdd_core.banks.knn import Bank
 from exdd_core.banks.purify import defect_row_filter
@@ -56,7 +57,9 @@ def main(which: str) -> str:
         device=device,
         counter=counter,
         keep=keep,
-        ranks=ranks,
+        selector=sharded_selector(ranks.world, ranks.rank, b["projection_dim"], p["seed"])
+        if ranks.world > 1
+        else None,
     )
     if not ranks.main:
         return f"rank {ranks.rank}: coreset picks of rows shard {ranks.rank + 1}/{ranks.world} on {device}"

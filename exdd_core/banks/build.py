@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from exdd_core.banks.coreset import coreset_size, greedy_coreset, start_index
-from exdd_core.banks.distributed import greedy_sharded
+from exdd_core.banks.coreset import coreset_size, greedy_coreset
+from exdd_core.banks.greedy import CoresetResult
 from exdd_core.features.projection import project, projection_matrix
 from exdd_core.features.store import Store, StoreWriter
-from exdd_core.runtime.distributed import Ranks, shard_bounds
 
 
 def project_store(store: Store, dim: int, seed: int, rows: np.ndarray | None = None) -> np.ndarray:
@@ -49,6 +48,28 @@ def coreset_rows(
     return store.take(candidates[np.sort(res.indices)])
 
 
+# A coreset selection: (store, its candidate rows (sorted indices), k) -> the picks among the candidates, or
+# None on a rank that takes part in a sharded selection without writing (banks.distributed.sharded_selector).
+Selector = Callable[[Store, np.ndarray, int], CoresetResult | None]
+
+
+def local_selector(
+    projection_dim: int,
+    seed: int,
+    method: str = "auto",
+    device: str = "cpu",
+    counter: Callable | None = None,
+    all_rows: bool = False,
+) -> Selector:
+    """Project the candidates (every row when `all_rows`) and run `greedy_coreset` in this process."""
+
+    def select(store: Store, candidates: np.ndarray, k: int) -> CoresetResult:
+        proj = project_store(store, projection_dim, seed, None if all_rows else candidates)
+        return _select(proj, k, seed, method, device, counter)
+
+    return select
+
+
 def _select(proj: np.ndarray, k: int, seed: int, method: str, device: str, counter: Callable | None):
     """The coreset of the projected rows, with a progress bar of the picks when `counter` is given."""
     if counter is None:
@@ -70,10 +91,14 @@ def build_bank(
     device: str = "cpu",
     counter: Callable | None = None,
     keep: np.ndarray | None = None,
-    ranks: Ranks | None = None,
+    selector: Selector | None = None,
 ) -> dict:
     """Select the coreset of a feature store (of its rows where `keep` (rows,) is True, when given: see
-    banks.purify) and write it as a bank store. Returns a summary."""
+    banks.purify) and write it as a bank store. Returns a summary.
+
+    `selector` picks the coreset: by default one process projects the candidates and runs `greedy_coreset`
+    (`method`, `device`, progress through `counter`); `banks.distributed.sharded_selector` spreads the rows
+    over the ranks of a group (the same picks), and returns None on ranks other than 0, which write nothing."""
     store = Store(features_path)
     candidates = np.arange(len(store)) if keep is None else np.flatnonzero(keep)
     n = len(candidates)
@@ -95,17 +120,11 @@ def build_bank(
         ) as w:
             w.add("bank", np.zeros((0, store.dim), np.float32))
         return {"rows": 0, "source_rows": len(store), "candidate_rows": 0, "coverage_radius": None}
-    if ranks is not None and ranks.world > 1:  # rows sharded over the ranks (banks.distributed)
-        lo, hi = shard_bounds(n, ranks.world, ranks.rank)
-        shard = project_store(store, projection_dim, seed, candidates[lo:hi])
-        res = greedy_sharded(shard, lo, n, k, start_index(n, seed))
-        del shard
-        if not ranks.main:
-            return {"rows": k, "source_rows": len(store), "candidate_rows": n, "coverage_radius": res.radius}
-    else:
-        proj = project_store(store, projection_dim, seed, None if keep is None else candidates)
-        res = _select(proj, k, seed, method, device, counter)
-        del proj
+    if selector is None:
+        selector = local_selector(projection_dim, seed, method, device, counter, all_rows=keep is None)
+    res = selector(store, candidates, k)
+    if res is None:  # a rank other than 0 of a sharded selection: rank 0 writes the bank
+        return {"rows": k, "source_rows": len(store), "candidate_rows": n, "coverage_radius": None}
     order = candidates[np.sort(res.indices)]
     rows = store.take(order)
     attrs["coverage_radius"] = res.radius

@@ -158,3 +158,22 @@ def shard_stores(stores: tuple[Any, ...], world: int, rank: int, device: str) ->
         a, b = shard_bounds(len(store), world, rank)
         out.append(ShardedBank(store.read_rows(a, b), a, len(store), device))
     return tuple(out)
+
+
+def sharded_selector(
+    world: int, rank: int, projection_dim: int, seed: int
+) -> Callable[..., CoresetResult | None]:
+    """A coreset selection (`banks.build.Selector`) over the ranks of a group: each rank projects its
+    contiguous shard of the candidates and `greedy_sharded` makes every pick a collective - the picks of the
+    single-process greedy. Rank 0 gets the result; the others None."""
+    from exdd_core.banks.build import project_store
+    from exdd_core.banks.coreset import start_index
+
+    def select(store: Any, candidates: np.ndarray, k: int) -> CoresetResult | None:
+        n = len(candidates)
+        lo, hi = shard_bounds(n, world, rank)
+        shard = project_store(store, projection_dim, seed, candidates[lo:hi])
+        res = greedy_sharded(shard, lo, n, k, start_index(n, seed))
+        return res if rank == 0 else None
+
+    return select
