@@ -3,8 +3,10 @@
     exdd score IMAGES... --banks banks [--out scored] [--threshold T] [--resize]
     exdd info banks/normal.zarr | banks | features/test.zarr | eval/model.json
 
-`score` writes `<out>/scores.csv` (image, ExDD score, PatchCore score, decision) and one heatmap overlay PNG
-per image in `<out>/overlays/`, the size of the image file. Scores equal evaluate's for the same image: the
+`score` writes `<out>/scores.csv` (image, ExDD score, PatchCore score, decision, error) and one heatmap overlay
+PNG per image in `<out>/overlays/`, the size of the image file. Rows are appended as images are scored
+(serve/line_csv.py): an unreadable image gets a row with its error and the exit status is 1; a killed run
+keeps its rows in `scores.csv.partial` for `--resume`. Scores equal evaluate's for the same image: the
 scoring path is the library's (see exdd_core.serve.inference).
 """
 
@@ -16,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.choices import DEVICES, SCORE_MODES
 from exdd_core.runtime.errors import ExddError, InputError
 from exdd_core.runtime.runlog import log, run_stage, setup_logging, track
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # the CLI imports torch only when a command needs it
     from exdd_core.scoring.card import Card
 
 DEFAULT_OUT = Path("scored")
-SCORE_COLUMNS = ("image", "exdd", "patchcore", "decision", "threshold", "overlay")
+SCORE_COLUMNS = ("image", "exdd", "patchcore", "decision", "threshold", "overlay", "error")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -68,8 +69,8 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
     exported = args.model is not None and is_export(args.model)
     card_path = args.model / CARD_FILE if exported else find_card(args.banks, args.model)
     card = load_exported_card(args.model) if exported else load_card(card_path)
-    if not args.resize:
-        check_sizes(paths, card.image_size)  # type: ignore[arg-type]
+    if not args.resize:  # unreadable files get an error row later (or stop the run with --fail-fast)
+        check_sizes(paths, card.image_size, skip_unreadable=not args.fail_fast)  # type: ignore[arg-type]
     device = resolve_device(args.device, "--device")
     scorer = open_exported(args.model, device) if exported else open_scorer(args.banks, card_path, device)
     return card, card_path, scorer, device, (args.model if exported else args.banks)
@@ -105,6 +106,38 @@ def _score_one(
     return row, scored.resized
 
 
+def _score_all(
+    scorer: Any, paths: list[Path], args: argparse.Namespace, mode: str, thr: float | None, card: Card
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Score every image not already in a resumed scores.csv, appending each row as it is scored; an image
+    that cannot be scored gets a row with its error (or, with --fail-fast, stops the run). Returns every row,
+    how many images were resized and how many failed."""
+    from exdd_core.serve.line_csv import ScoresCsv
+
+    scores = ScoresCsv(args.out / "scores.csv", SCORE_COLUMNS, args.resume)
+    if scores.done:
+        log.info("--resume: %d images already scored in %s", len(scores.done), scores.partial)
+    todo = [(p, n) for p, n in zip(paths, _overlay_names(paths), strict=True) if str(p) not in scores.done]
+    rows, resized, failed = list(scores.kept), 0, 0
+    try:
+        for path, name in track(todo, "score", len(todo)):
+            try:
+                row, was_resized = _score_one(scorer, path, name, args, mode, thr, card)
+            except (ExddError, OSError) as e:
+                if args.fail_fast:
+                    raise
+                log.warning("%s: not scored: %s", path, e)
+                row, was_resized = {"image": str(path), "error": str(e)}, False
+                failed += 1
+            scores.add(row)
+            rows.append(row)
+            resized += was_resized
+    finally:
+        scores.close()
+    scores.publish()
+    return rows, resized, failed
+
+
 def cmd_score(args: argparse.Namespace) -> str:
     """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
     from exdd_core.scoring.model import FALLBACK_NOTE
@@ -127,16 +160,15 @@ def cmd_score(args: argparse.Namespace) -> str:
     )
     if scorer.model.fallback:
         log.warning(FALLBACK_NOTE)
-    rows: list[dict[str, Any]] = []
-    resized = 0
-    for path, name in track(list(zip(paths, _overlay_names(paths), strict=True)), "score", len(paths)):
-        row, was_resized = _score_one(scorer, path, name, args, mode, thr, card)
-        rows.append(row)
-        resized += was_resized
     out: Path = args.out
-    write_csv_atomic(out / "scores.csv", rows, SCORE_COLUMNS)
-    flagged = sum(r["decision"] == "defective" for r in rows)
+    rows, resized, failed = _score_all(scorer, paths, args, mode, thr, card)
+    flagged = sum(r.get("decision") == "defective" for r in rows)
     note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""
+    if failed:
+        raise InputError(
+            f"{failed} of {len(paths)} images could not be scored (the `error` column of "
+            f"{out / 'scores.csv'} says why); the other {len(paths) - failed} have their scores there"
+        )
     return (
         f"scored {len(paths)} images{note} on {device} with {card.backbone['name']} "
         f"({card.features['weights_id']}): {flagged} defective at ExDD ({mode}) threshold "
@@ -264,6 +296,16 @@ def _add_score(sub: Any) -> None:
     )
     sc.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
     sc.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
+    sc.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first image that cannot be scored (default: give it a row with the error, go on)",
+    )
+    sc.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scored rows of <out>/scores.csv.partial (a run that was stopped) and score the rest",
+    )
     sc.set_defaults(func=cmd_score)
 
 

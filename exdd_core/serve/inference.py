@@ -62,10 +62,17 @@ def expand_inputs(items: list[Path]) -> list[Path]:
     return out
 
 
-def check_sizes(paths: list[Path], expected: tuple[int, int]) -> None:
+def check_sizes(paths: list[Path], expected: tuple[int, int], skip_unreadable: bool = False) -> None:
     """Refuse, before any work, images whose size differs from the banks' (they would be scored at another
-    scale than every bank patch was seen at). Lists the offenders with their sizes."""
-    bad = [(p, image_size_of(p)) for p in paths]
+    scale than every bank patch was seen at). Lists the offenders with their sizes. `skip_unreadable`: a file
+    whose header cannot be read is left to the scoring loop (it gets a row saying why) instead of stopping."""
+    bad = []
+    for p in paths:
+        try:
+            bad.append((p, image_size_of(p)))
+        except InputError:
+            if not skip_unreadable:
+                raise
     bad = [(p, hw) for p, hw in bad if tuple(hw) != tuple(expected)]
     if not bad:
         return
