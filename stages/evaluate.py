@@ -94,7 +94,8 @@ def calibrated(c: dict) -> str:
         return "oracle threshold: no calibration images"
     e = c["exdd"]
     return (
-        f"threshold {e['threshold']} at target FPR {c['target_fpr']} from {c['images']} held-out normals: "
+        f"threshold {e['threshold']} at target FPR {c['target_fpr']} from {c['images']} held-out normals "
+        f"(false alarms on new normals <= {e['false_alarm_upper_95']} at 95 % confidence): "
         f"test false alarms {e['false_alarm_rate']}, misses {e['miss_rate']}"
     )
 

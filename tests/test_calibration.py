@@ -58,3 +58,18 @@ def test_calibration_ids_seeded_and_never_all() -> None:
     assert len(a) == 4 and a == calibration_ids(ids, 0.1, seed=0) and a != calibration_ids(ids, 0.1, seed=1)
     assert calibration_ids(ids, 0.0, seed=0) == set() and len(calibration_ids(ids[:2], 0.9, 0)) == 1
     assert len(calibration_ids(ids[:3], 0.01, 0)) == 1  # at least one
+
+
+@pytest.mark.parametrize(("flagged", "n"), [(0, 4), (0, 30), (1, 30), (3, 200), (7, 7)])
+def test_false_alarm_bound_is_the_exact_one_sided_clopper_pearson(flagged: int, n: int) -> None:
+    """Against scipy's exact binomial interval (two-sided 90 % = one-sided 95 % upper), and by its meaning:
+    at the bound, seeing `flagged` or fewer alarms has probability 5 %."""
+    from scipy.stats import binom, binomtest
+
+    from exdd_core.evaluation.calibration import false_alarm_bound
+
+    got = false_alarm_bound(flagged, n)
+    assert got == pytest.approx(binomtest(flagged, n).proportion_ci(0.90, method="exact").high, rel=1e-9)
+    if flagged < n:
+        assert binom.cdf(flagged, n, got) == pytest.approx(0.05, abs=1e-9)
+    assert false_alarm_bound(0, 4) == pytest.approx(1 - 0.05 ** (1 / 4), rel=1e-12)  # (1 - p)^n = 0.05

@@ -36,3 +36,17 @@ def line_rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict
         "false_alarm_rate": float(flagged[normal].mean()) if normal.any() else None,
         "miss_rate": float((~flagged[defective]).mean()) if defective.any() else None,
     }
+
+
+def false_alarm_bound(flagged: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on the false-alarm rate of new normal parts, from `flagged` of
+    `n` held-out normals at the threshold: with `confidence`, the line's rate is at most this. Why: with few
+    held-out images the observed rate (often 0) says little; the bound says how little (n = 4, 0 flagged:
+    0.53). scipy's beta quantile does the numerics."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        raise ValueError("no held-out normals to bound a false-alarm rate with")
+    if flagged >= n:
+        return 1.0
+    return float(beta.ppf(confidence, flagged + 1, n - flagged))

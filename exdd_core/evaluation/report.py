@@ -14,7 +14,7 @@ from exdd_core.banks.distributed import shard_stores
 from exdd_core.banks.health import defect_bank_health
 from exdd_core.data.imageio import load_mask
 from exdd_core.data.records import SYNTHETIC_PREFIX, ImageRecord, read_manifest
-from exdd_core.evaluation.calibration import calibration_ids, line_rates, threshold_at_fpr
+from exdd_core.evaluation.calibration import calibration_ids, false_alarm_bound, line_rates, threshold_at_fpr
 from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatmaps
 from exdd_core.evaluation.image_metrics import image_metrics
 from exdd_core.evaluation.pixel_metrics import pixel_report
@@ -289,17 +289,21 @@ def _calibrate(
         note = "no normal training image held out (eval.calibration_fraction 0): thresholds are the oracle's"
         return dict(oracle), {"images": 0, "target_fpr": target, "note": note}
     thresholds: dict[str, float | None] = {k: threshold_at_fpr(v, target) for k, v in held_out.items()}
+
+    def block(key: str) -> dict[str, Any]:
+        flagged = int((held_out[key] >= thresholds[key]).sum())  # type: ignore[operator]
+        return {
+            "threshold": _round(thresholds[key]),
+            **line_rates(labels, scores[key], thresholds[key]),  # type: ignore[arg-type]
+            "held_out_flagged": flagged,
+            "false_alarm_upper_95": _round(false_alarm_bound(flagged, n)),
+        }
+
     report: dict[str, Any] = {
         "images": n,
         "target_fpr": target,
-        "exdd": {
-            "threshold": _round(thresholds[default]),
-            **line_rates(labels, scores[default], thresholds[default]),
-        },
-        "patchcore": {
-            "threshold": _round(thresholds["patchcore"]),
-            **line_rates(labels, scores["patchcore"], thresholds["patchcore"]),
-        },
+        "exdd": block(default),
+        "patchcore": block("patchcore"),
     }
     if n * target < 1:
         report["note"] = (
