@@ -236,6 +236,12 @@ def test_mvtec_without_defects_falls_back_to_patchcore_loudly(tmp_path):
     assert m["fallback"] is True and m["bank_sizes"]["defect"] == 0
     assert m["exdd"]["image_auroc"] == m["patchcore"]["image_auroc"]
     assert FALLBACK_NOTE in " ".join(out.split())
+    per_type = m["per_type"]  # MVTec names its defect types (test/<type>/): one here
+    assert list(per_type) == ["scratch"] and per_type["scratch"]["images"] == 2
+    assert (
+        per_type["scratch"]["exdd"]["image_auroc"] == m["exdd"]["image_auroc"]
+    )  # the only type: the whole set
+    assert 0.0 <= per_type["scratch"]["exdd"]["recall"] <= 1.0
 
 
 def test_mvtec_with_synthesis_paints_into_generated_masks(tmp_path):

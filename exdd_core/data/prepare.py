@@ -99,7 +99,7 @@ def write_prepared(
                         raise InputError(f"{r.mask_path}: defective image {r.id} has an empty mask")
                     mask_path = tmp / "masks" / f"{r.id}.png"
                     save_png(mask_path, mask.astype(np.uint8) * 255)
-                prepared.append(ImageRecord(r.id, r.split, r.label, img_path, mask_path))
+                prepared.append(ImageRecord(r.id, r.split, r.label, img_path, mask_path, r.defect_type))
             write_manifest(prepared, tmp / "manifest.csv", tmp)
         counts[group] = len(recs)
     return counts

@@ -10,6 +10,7 @@ from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.errors import InputError
 
 MANIFEST_FIELDS = ("id", "split", "label", "image", "mask")
+TYPE_FIELD = "defect_type"  # an optional last column
 # Ids of synthesized images start with this (synthesize writes syn_00000, ...): banks tell synthetic rows by it.
 SYNTHETIC_PREFIX = "syn_"
 
@@ -24,10 +25,14 @@ class ImageRecord:
     label: int
     image_path: Path
     mask_path: Path | None = None
+    defect_type: str | None = (
+        None  # what the data names the defect (MVTec's test/<type>/, a folder's subfolder)
+    )
 
 
 def write_manifest(records: list[ImageRecord], path: Path, root: Path) -> None:
     """Write records as CSV with paths relative to `root` (so a prepared folder can move with DVC)."""
+    typed = any(r.defect_type for r in records)  # the column only where the data names defect types
     rows = [
         {
             "id": r.id,
@@ -35,10 +40,11 @@ def write_manifest(records: list[ImageRecord], path: Path, root: Path) -> None:
             "label": r.label,
             "image": Path(r.image_path).relative_to(root).as_posix(),
             "mask": "" if r.mask_path is None else Path(r.mask_path).relative_to(root).as_posix(),
+            **({"defect_type": r.defect_type or ""} if typed else {}),
         }
         for r in records
     ]
-    write_csv_atomic(path, rows, MANIFEST_FIELDS)
+    write_csv_atomic(path, rows, (*MANIFEST_FIELDS, TYPE_FIELD) if typed else MANIFEST_FIELDS)
 
 
 def read_manifest(path: Path) -> list[ImageRecord]:
@@ -50,7 +56,7 @@ def read_manifest(path: Path) -> list[ImageRecord]:
     out: list[ImageRecord] = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
+        if tuple(reader.fieldnames or ()) not in (MANIFEST_FIELDS, (*MANIFEST_FIELDS, TYPE_FIELD)):
             raise InputError(f"{path}: expected columns {MANIFEST_FIELDS}, found {reader.fieldnames}")
         for row in reader:
             out.append(
@@ -60,6 +66,7 @@ def read_manifest(path: Path) -> list[ImageRecord]:
                     label=int(row["label"]),
                     image_path=root / row["image"],
                     mask_path=(root / row["mask"]) if row["mask"] else None,
+                    defect_type=row.get(TYPE_FIELD) or None,
                 )
             )
     return out

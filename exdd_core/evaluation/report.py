@@ -98,7 +98,7 @@ def evaluate(
     if t is None:  # a rank other than 0: its shard went to rank 0, which writes everything
         return None
     ids = list(ts.images)
-    truth = TestTruth.of(ids, records, model.image_size)
+    truth = GroundTruth.of(ids, records, model.image_size)
     default = scoring["mode"]
     # Pixel metrics over the images whose pixels are labelled: normal ones, and defective ones with a mask
     # (a defective image without one has defect pixels nobody marked; counting them normal would be wrong).
@@ -111,6 +111,7 @@ def evaluate(
     oracle = f1_thresholds(truth.labels, scores)
     held_out = _calibration_scores(model, *calibration)
     thresholds, cal = _calibrate(held_out, oracle, truth.labels, scores, eval_params, default)
+    run = {**per_type(truth, scores, thresholds, default), **run}
     metrics = build_metrics(truth, scores, pixel, default, model, health, (bn, bp), cal, run)
     value_range = map_range(t.maps_exdd)
     written = (metrics, pixel, thresholds, value_range)
@@ -119,22 +120,23 @@ def evaluate(
 
 
 @dataclass
-class TestTruth:
+class GroundTruth:
     """The test images' labels, masks at image size (all False without one) and which images have a mask."""
 
     labels: np.ndarray  # int64 (n,)
     masks: np.ndarray  # bool (n, H, W)
     has_mask: np.ndarray  # bool (n,)
+    types: list[str | None]  # each image's defect type, where the data names one
 
     @classmethod
-    def of(cls, ids: list[str], records: dict[str, ImageRecord], size: tuple[int, int]) -> TestTruth:
+    def of(cls, ids: list[str], records: dict[str, ImageRecord], size: tuple[int, int]) -> GroundTruth:
         labels = np.array([records[i].label for i in ids], dtype=np.int64)
         masks = np.zeros((len(ids), *size), dtype=bool)
         has_mask = np.zeros(len(ids), dtype=bool)
         for k, i in enumerate(ids):
             if records[i].mask_path is not None:
                 masks[k], has_mask[k] = load_mask(records[i].mask_path, size), True
-        return cls(labels, masks, has_mask)
+        return cls(labels, masks, has_mask, [records[i].defect_type for i in ids])
 
 
 def _records_of(ts: Store, manifest: Path) -> dict[str, ImageRecord]:
@@ -153,7 +155,7 @@ def map_range(maps: np.ndarray) -> tuple[float, float]:
 
 
 def build_metrics(
-    truth: TestTruth,
+    truth: GroundTruth,
     scores: dict[str, np.ndarray],
     pixel: dict[str, Any],
     default: str,
@@ -164,7 +166,8 @@ def build_metrics(
     run: dict[str, Any],
 ) -> dict[str, Any]:
     """metrics.json, built in this one place: the reported mode and PatchCore (image and pixel blocks), every
-    mode, the test set, the banks and their health, the calibration, then `run` (fusion, profile, notes)."""
+    mode, the test set, the banks and their health, the calibration, then `run` (per defect type, fusion,
+    profile, notes)."""
     labels, has_mask = truth.labels, truth.has_mask
     modes = {m: _image_block(labels, scores[m]) for m in MODES}
     metrics: dict[str, Any] = {
@@ -194,6 +197,33 @@ def build_metrics(
             + ("are over the others" if has_mask.any() else "are null (no defective image has a mask)")
         )
     return {**metrics, "calibration": calibration, **run}
+
+
+def per_type(
+    truth: GroundTruth, scores: dict[str, np.ndarray], thresholds: dict[str, float | None], default: str
+) -> dict[str, Any]:
+    """{"per_type": ...} when the data names defect types (else {}): per type, its test images, the image
+    AUROC of those against every normal test image, and the recall at the calibrated threshold - for the
+    reported ExDD mode and for PatchCore. Kept beside the calibration it depends on."""
+    kinds = sorted({t for t in truth.types if t})
+    if not kinds:
+        return {}
+    types = np.array([t or "" for t in truth.types])
+    normal = truth.labels == 0
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        mine = (types == kind) & (truth.labels == 1)
+        block: dict[str, Any] = {"images": int(mine.sum())}
+        for name, key in (("exdd", default), ("patchcore", "patchcore")):
+            s, thr = scores[key], thresholds.get(key)
+            keep = normal | mine
+            auroc = image_metrics(truth.labels[keep], s[keep])["auroc"] if normal.any() else float("nan")
+            block[name] = {
+                "image_auroc": _round(auroc),
+                "recall": None if thr is None else _round(float((s[mine] >= thr).mean())),
+            }
+        out[kind] = block
+    return {"per_type": out}
 
 
 def describe_run(params: dict[str, Any], fit: dict[str, Any], device: str) -> dict[str, Any]:
@@ -227,7 +257,7 @@ def describe_run(params: dict[str, Any], fit: dict[str, Any], device: str) -> di
 def _write_outputs(
     out_dir: Path | None,
     ids: list[str],
-    truth: TestTruth,
+    truth: GroundTruth,
     records: dict[str, ImageRecord],
     scores: dict[str, np.ndarray],
     t: StoreScores,

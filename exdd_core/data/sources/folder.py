@@ -3,7 +3,7 @@ ones, optionally their masks, and optionally known defective parts for training 
 masks). All folders are relative to `data.root`, so the whole data set is one DVC dependency.
 
     data.folder.normal_dir        good images; `normal_test_fraction` of them (seeded) are held out for test
-    data.folder.abnormal_dir      defective test images
+    data.folder.abnormal_dir      defective test images; in subfolders, each subfolder's name is their defect type
     data.folder.mask_dir          optional: masks, matched to any image by stem (`<stem>.png`, `<stem>_mask.*`)
     data.folder.known_defects_dir optional: defective *training* images (masks from mask_dir where present)
 
@@ -40,6 +40,25 @@ def _mask_index(mask_dir: Path | None) -> dict[str, Path]:
     return {p.stem.removesuffix("_mask"): p for p in _images(mask_dir, "mask")}
 
 
+def _abnormal(folder: Path, masks: dict[str, Path]) -> list[ImageRecord]:
+    """Defective test images: those in `folder` itself, and those in each subfolder, whose name is then their
+    defect type (`defective/scratch/*.png` -> type `scratch`, id `defect_scratch_<stem>`)."""
+    subs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not subs:
+        return [
+            ImageRecord(f"defect_{p.stem}", "test", 1, p, masks.get(p.stem))
+            for p in _images(folder, "abnormal")
+        ]
+    loose = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    out = [ImageRecord(f"defect_{p.stem}", "test", 1, p, masks.get(p.stem)) for p in loose]
+    for sub in subs:
+        out += [
+            ImageRecord(f"defect_{sub.name}_{p.stem}", "test", 1, p, masks.get(p.stem), sub.name)
+            for p in _images(sub, f"abnormal ({sub.name})")
+        ]
+    return out
+
+
 def read_folder(root: Path, spec: dict[str, Any], seed: int) -> list[ImageRecord]:
     """Records of a folder data set (see module doc); ids are `<role>_<stem>`."""
     root = Path(root)
@@ -57,10 +76,7 @@ def read_folder(root: Path, spec: dict[str, Any], seed: int) -> list[ImageRecord
         ImageRecord(f"good_{p.stem}", "test" if k in test_idx else "train", 0, p)
         for k, p in enumerate(normal)
     ]
-    records += [
-        ImageRecord(f"defect_{p.stem}", "test", 1, p, masks.get(p.stem))
-        for p in _images(root / spec["abnormal_dir"], "abnormal")
-    ]
+    records += _abnormal(root / spec["abnormal_dir"], masks)
     if spec.get("known_defects_dir"):
         records += [
             ImageRecord(f"known_{p.stem}", "train", 1, p, masks.get(p.stem))

@@ -53,7 +53,8 @@ def read_mvtec(root: Path, split: str) -> list[ImageRecord]:
         label = 0 if defect_type == GOOD else 1
         for image in _images_in(type_dir):
             mask = _mask_for(root, defect_type, image) if label else None
-            records.append(ImageRecord(f"{defect_type}_{image.stem}", split, label, image, mask))
+            kind = defect_type if label else None
+            records.append(ImageRecord(f"{defect_type}_{image.stem}", split, label, image, mask, kind))
     if not records:
         raise InputError(f"{split_dir}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
     ids = [r.id for r in records]
