@@ -53,6 +53,20 @@ def project(tiny_project) -> tuple[Path, dict[str, str]]:
     return root, env
 
 
+def test_resume_drops_torn_and_stale_rows_and_a_crash_while_resuming_loses_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "scores.csv"
+    partial = final.with_name("scores.csv.partial")
+    partial.write_text("image,exdd,error\na.png,1.5,\nb.png,2.5,\nold.png,0.1,\nc.png,0.1")  # c.png cut short
+    keep = {"a.png", "b.png", "c.png"}  # old.png is not in this run
+    again = ScoresCsv(final, COLUMNS, resume=True, keep=lambda r: r["image"] in keep)
+    assert again.done == {"a.png", "b.png"}
+    assert [r["image"] for r in read(partial)] == ["a.png", "b.png"]  # rewritten whole before appending
+    again.close()
+    assert not partial.with_name("scores.csv.partial.tmp").exists()
+    partial.write_text("image,exdd,error\na.png,1.5\n")  # a row missing a field is not a whole row
+    assert ScoresCsv(final, COLUMNS, resume=True).done == set()
+
+
 def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "exdd_core.serve.cli", *args],

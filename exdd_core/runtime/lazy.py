@@ -21,7 +21,7 @@ def defining_modules(package_dir: Path) -> dict[str, str]:
     for path in sorted(package_dir.glob("*.py")):
         if path.stem == "__init__":
             continue
-        for node in ast.parse(path.read_text(), str(path)).body:
+        for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
             targets: list[ast.expr] = []
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 found.setdefault(node.name, path.stem)
@@ -45,6 +45,10 @@ def lazy_surface(package: str, names: str) -> tuple[list[str], Callable[[str], A
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         if not where:
             where.update(defining_modules(Path(import_module(package).__file__).parent))  # type: ignore[arg-type]
+        if (
+            name not in where
+        ):  # listed but not defined in the sources (a packaging error): still an AttributeError
+            raise AttributeError(f"module {package!r} lists {name!r} but no module of it defines it")
         return getattr(import_module(f"{package}.{where[name]}"), name)
 
     return public, __getattr__

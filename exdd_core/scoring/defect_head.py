@@ -85,5 +85,7 @@ def fit_head(
     b = float(clf.intercept_[0] - mu @ w)
     z = normal.astype(np.float64) @ w + b
     centre = float(np.median(z))
-    spread = max(float(np.quantile(z, SPREAD_QUANTILE)) - centre, 1e-6) / SPREAD_Z
+    spread = (float(np.quantile(z, SPREAD_QUANTILE)) - centre) / SPREAD_Z
+    if spread <= 1e-3 * float(z.std()) or spread <= 0:  # most normal logits equal: fall back to their sd
+        spread = float(z.std()) or 1.0
     return DefectHead((w / spread).astype(np.float32), (b - centre) / spread)

@@ -93,7 +93,13 @@ def _known_defects(p: dict, manifest: Path, grid: tuple[int, int], device: str, 
 
 def _final_head(p: dict, inputs: FusionInputs, fit: Fit) -> None:
     """Fit the deployed defect head (form `head`, lam > 0) on every training image of the banks."""
-    if p["scoring"]["fusion"]["form"] != "head" or fit.lam == 0 or p["bank"]["defect_patches"] == "bbox_crop":
+    if p["scoring"]["fusion"]["form"] != "head" or fit.lam == 0:
+        return
+    if p["bank"]["defect_patches"] == "bbox_crop":  # no full-image defect rows to fit a head on
+        fit.lam = 0.0
+        fit.note = (
+            fit.note + "; " if fit.note else ""
+        ) + "bank.defect_patches bbox_crop: no head to fit, lam 0"
         return
     normal, defect = Store(inputs.normal_features), Store(inputs.defect_features)
     held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])

@@ -150,6 +150,11 @@ class ExddModel:
         self.tau_p = (normal_nn_scale(self.defect.bank) if self.defect is not None else None) or 1.0
         head = settings.fusion.get("head")
         self.head = DefectHead.from_dict(head) if head else None  # the fused `head` form's classifier
+        if self.head is not None and len(self.head.weight) != self.normal.bank.dim:
+            raise MismatchError(
+                f"the defect head has {len(self.head.weight)} weights but the banks' rows have "
+                f"{self.normal.bank.dim} dims: card and banks come from different runs"
+            )
         f = settings.fusion
         self.strategies: list[Strategy] = [
             PatchCore(),

@@ -114,7 +114,14 @@ def _score_all(
     how many images were resized and how many failed."""
     from exdd_core.serve.line_csv import ScoresCsv
 
-    scores = ScoresCsv(args.out / "scores.csv", SCORE_COLUMNS, args.resume)
+    paths = list(dict.fromkeys(paths))  # an image given twice is scored once
+    names, thr_text = {str(p) for p in paths}, "" if thr is None else repr(float(thr))
+    scores = ScoresCsv(
+        args.out / "scores.csv",
+        SCORE_COLUMNS,
+        args.resume,
+        keep=lambda r: r["image"] in names and r["threshold"] == thr_text,
+    )
     if scores.done:
         log.info("--resume: %d images already scored in %s", len(scores.done), scores.partial)
     todo = [(p, n) for p, n in zip(paths, _overlay_names(paths), strict=True) if str(p) not in scores.done]
@@ -123,8 +130,11 @@ def _score_all(
         for path, name in track(todo, "score", len(todo)):
             try:
                 row, was_resized = _score_one(scorer, path, name, args, mode, thr, card)
-            except (ExddError, OSError) as e:
+            except ExddError as e:  # an image that cannot be read or scored; write errors still stop the run
                 if args.fail_fast:
+                    log.error(
+                        "--fail-fast: stopped at %s; the rows scored so far are in %s", path, scores.partial
+                    )
                     raise
                 log.warning("%s: not scored: %s", path, e)
                 row, was_resized = {"image": str(path), "error": str(e)}, False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +21,35 @@ PARTIAL_SUFFIX = ".partial"
 
 
 class ScoresCsv:
-    """Rows of `final` (a CSV with `columns`), appended to its partial file and published by `publish`."""
+    """Rows of `final` (a CSV with `columns`), appended to its partial file and published by `publish`.
 
-    def __init__(self, final: Path, columns: Sequence[str], resume: bool) -> None:
+    `keep(row)`: with `resume`, which earlier rows still stand (their image is in this run, scored with the
+    same threshold); rows that recorded an error, and rows cut short by a crash, are always scored again."""
+
+    def __init__(
+        self, final: Path, columns: Sequence[str], resume: bool, keep: Callable[[dict], bool] = lambda r: True
+    ) -> None:
         self.final = Path(final)
         self.partial = self.final.with_name(self.final.name + PARTIAL_SUFFIX)
         self.columns = list(columns)
-        kept = self._previous_rows() if resume else []
-        self.kept = kept  # rows of an earlier run that --resume keeps
-        self.done = {r["image"] for r in kept}
+        self.kept = [r for r in self._previous_rows() if keep(r)] if resume else []
+        self.done = {r["image"] for r in self.kept}
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.partial.open("w", newline="")
+        # the kept rows go to a fresh file that replaces the partial in one rename: a crash while they are
+        # rewritten loses nothing; new rows are then appended to it
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.partial)
+        self._file = self.partial.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-        self._writer.writeheader()
-        for row in kept:
-            self._writer.writerow(row)
-        self._sync()
 
     def _previous_rows(self) -> list[dict[str, Any]]:
-        """The rows a resumed run keeps: those of the partial file (else of the finished one) without error."""
+        """Complete, scored rows of the partial file (else of the finished one)."""
         source = self.partial if self.partial.is_file() else self.final
         if not source.is_file():
             return []
@@ -49,15 +59,12 @@ class ScoresCsv:
                 raise InputError(
                     f"{source}: not a scores.csv of `exdd score` (no `image` column); cannot resume"
                 )
-            rows = [r for r in reader if r.get("image") and not r.get("error")]
+            rows = [r for r in reader if _complete(r, len(reader.fieldnames))]
         return [{c: r.get(c, "") or "" for c in self.columns} for r in rows]
 
     def add(self, row: dict[str, Any]) -> None:
         """Append one image's row and flush it to disk before the next image is scored."""
         self._writer.writerow({c: row.get(c, "") for c in self.columns})
-        self._sync()
-
-    def _sync(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -70,3 +77,15 @@ class ScoresCsv:
         """Stop without publishing (the partial file keeps the rows for --resume)."""
         if not self._file.closed:
             self._file.close()
+
+
+def _complete(row: dict[str, Any], width: int) -> bool:
+    """A scored row written whole: every field present, no error, and a score that reads as a number (a row
+    cut short by a power loss has missing or truncated fields)."""
+    if len(row) != width or None in row.values() or row.get(None) or not row.get("image") or row.get("error"):
+        return False
+    try:
+        float(row.get("exdd", ""))
+    except ValueError:
+        return False
+    return True

@@ -56,6 +56,13 @@ def _abnormal(folder: Path, masks: dict[str, Path]) -> list[ImageRecord]:
             ImageRecord(f"defect_{sub.name}_{p.stem}", "test", 1, p, masks.get(p.stem), sub.name)
             for p in _images(sub, f"abnormal ({sub.name})")
         ]
+    stems = [Path(r.image_path).stem for r in out]
+    shared = sorted({s for s in stems if stems.count(s) > 1 and s in masks})
+    if shared:  # masks are matched by stem: two defect images with one stem would share one mask
+        raise InputError(
+            f"{folder}: defect images in different subfolders share the stems {shared[:5]}, and masks are "
+            f"matched by stem; rename them so each mask names one image"
+        )
     return out
 
 
