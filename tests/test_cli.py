@@ -27,6 +27,7 @@ from exdd_core.scoring import ExddModel, ScoringSettings
 from exdd_core.scoring.card import Card, build_card, load_card, write_card
 from exdd_core.serve.cli import _overlay_names, build_parser, main
 from exdd_core.serve.inference import check_sizes, expand_inputs, open_scorer, score_file
+from tests.tiny_project import exdd
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 48)  # (H, W)
@@ -186,18 +187,6 @@ def project(tiny_project) -> tuple[Path, dict[str, str]]:
     """The session's tiny `dvc repro` (tests/tiny_project.py), shared with test_pipeline_dvc.py."""
     root, env, _ = tiny_project
     return root, env
-
-
-def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The console script's code path (`exdd` = exdd_core.serve.cli:main) in a fresh process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "exdd_core.serve.cli", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from exdd_core.serve.line_csv import ScoresCsv
+from tests.tiny_project import exdd
 
 COLUMNS = ("image", "exdd", "error")
 
@@ -65,16 +66,6 @@ def test_resume_drops_torn_and_stale_rows_and_a_crash_while_resuming_loses_nothi
     assert not partial.with_name("scores.csv.partial.tmp").exists()
     partial.write_text("image,exdd,error\na.png,1.5\n")  # a row missing a field is not a whole row
     assert ScoresCsv(final, COLUMNS, resume=True).done == set()
-
-
-def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "exdd_core.serve.cli", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
 
 
 @pytest.mark.slow

@@ -96,3 +96,15 @@ def build_tiny_project(root: Path, overrides: dict[str, dict] | None = None) -> 
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "first repro"], root, env)
     return env, out
+
+
+def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The console script's code path (`exdd` = exdd_core.serve.cli:main) in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "exdd_core.serve.cli", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
