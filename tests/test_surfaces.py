@@ -17,28 +17,30 @@ PACKAGES = ("runtime", "data", "synth", "features", "banks", "scoring", "evaluat
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)
-def test_every_public_name_resolves_to_its_one_definition(pkg: str) -> None:
+def test_every_public_name_resolves_to_its_one_definition(pkg: str, tmp_path: Path) -> None:
     module = importlib.import_module(f"exdd_core.{pkg}")
     folder = Path(module.__file__).parent
     assert module.__all__ == sorted(module.__all__) and module.__all__
+    per_file = {
+        p.stem: set(defining_modules(_alone(p, tmp_path)))
+        for p in folder.glob("*.py")
+        if p.stem != "__init__"
+    }
     where = defining_modules(folder)
     for name in module.__all__:
-        homes = [
-            p.stem for p in folder.glob("*.py") if p.stem != "__init__" and name in defining_modules_of(p)
-        ]
+        homes = [stem for stem, names in per_file.items() if name in names]
         assert homes == [where[name]], (pkg, name, homes)
         assert getattr(module, name) is getattr(importlib.import_module(f"exdd_core.{pkg}.{homes[0]}"), name)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         _ = module.no_such_name
 
 
-def defining_modules_of(path: Path) -> set[str]:
-    """Names one file defines at top level (a package of just that file)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / path.name).write_text(path.read_text())
-        return set(defining_modules(Path(tmp)))
+def _alone(path: Path, tmp: Path) -> Path:
+    """A folder holding only a copy of `path`, so `defining_modules` reads that one file."""
+    folder = tmp / path.stem
+    folder.mkdir()
+    (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    return folder
 
 
 def test_importing_the_packages_is_cheap() -> None:

@@ -75,9 +75,8 @@ class ImageResult:
     ratio_map: np.ndarray  # (h, w) the paper's ratio (eq. 23); d_N with an empty defect bank
     fused_map: np.ndarray  # (h, w) d_N / tau_N + lam * defect evidence
     defect_map: np.ndarray | None  # (h, w) d_P; None with an empty defect bank
-    fallback: (
-        bool  # the defect bank was empty: every ExDD score is PatchCore's (design.md, "Empty defect bank")
-    )
+    # the defect bank was empty: every ExDD score is PatchCore's (design.md, "Empty defect bank")
+    fallback: bool
     model: ExddModel
     image: np.ndarray | None = None
     resized: bool = False
@@ -227,7 +226,7 @@ class ExddModel:
         neighbours in both banks once (the evidence), then every strategy."""
         s = self.settings
         x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=self.normal.bank.device)
-        z = self.head.logits(rows).cpu() if self.head is not None and s.fusion["form"] == "head" else None
+        z = self.head.logits(x).cpu() if self.head is not None and s.fusion["form"] == "head" else None
         ev = Evidence(x, self.grid, self.normal, self.defect, s.eps, s.map_reweight, z)
         scores, maps = {}, {}
         for strategy in self.strategies:
