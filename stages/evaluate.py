@@ -1,4 +1,4 @@
-"""Stage evaluate: ExDD (every image-score mode) and one-bank PatchCore on the test set -> metrics.json, eval/."""
+"""Stage evaluate: ExDD (every image-score mode) and one-bank PatchCore on the test set -> paths.metrics, paths.eval/."""
 
 import json
 from pathlib import Path
@@ -9,17 +9,10 @@ from exdd_core.runtime import distributed
 from exdd_core.runtime.atomic import staging_dir
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
+from exdd_core.runtime.paths import PipelinePaths, load_paths
 from exdd_core.runtime.runlog import log, track
 from exdd_core.scoring.card import build_card, write_card
 from exdd_core.scoring.model import FALLBACK_NOTE
-
-INPUTS = EvalInputs(
-    normal_bank=Path("banks/normal.zarr"),
-    defect_bank=Path("banks/defect.zarr"),
-    test_features=Path("features/test.zarr"),
-    test_manifest=Path("data/prepared/test/manifest.csv"),
-    normal_features=Path("features/normal.zarr"),  # its held-out calibration images set the threshold
-)
 
 
 def main() -> str:
@@ -39,17 +32,29 @@ def main() -> str:
             else "its shard of the test images"
         )
         return f"rank {ranks.rank}: scored {what} on {device}"
-    with staging_dir(Path("eval")) as staged:
+    paths = load_paths()
+    with staging_dir(paths.eval, {"metrics.json": paths.metrics}) as staged:
         summary = run(p, device, ranks, staged)
     return summary
 
 
+def inputs(paths: PipelinePaths) -> EvalInputs:
+    return EvalInputs(
+        normal_bank=paths.bank("normal"),
+        defect_bank=paths.bank("defect"),
+        test_features=paths.store("test"),
+        test_manifest=paths.manifest("test"),
+        normal_features=paths.store("normal"),  # its held-out calibration images set the threshold
+    )
+
+
 def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> str:
-    fit = json.loads(Path("fusion/fusion.json").read_text())  # lam (and head), fitted by fit_fusion
+    paths = load_paths()
+    fit = json.loads(paths.fusion_file.read_text())  # lam (and head), fitted by fit_fusion
     fitted = {"lam": fit["lam"], "head": fit.get("head")}
     scoring = {**p["scoring"], "fusion": {**p["scoring"]["fusion"], **fitted}}
     res = evaluate(
-        INPUTS, scoring, p["eval"], device, staged, describe_run(p, fit, device),
+        inputs(paths), scoring, p["eval"], device, staged, describe_run(p, fit, device),
         progress=track, seed=p["seed"], ranks=ranks, shard_banks=distributed.shard_banks(),
     )  # fmt: skip
     if res is None or staged is None:
@@ -64,7 +69,7 @@ def run(p: dict, device: str, ranks: distributed.Ranks, staged: Path | None) -> 
         f"{res.test_attrs.get('weights_id', p['backbone']['weights'])}: "
         f"ExDD ({e['mode']}) I-AUROC {e['image_auroc']} P-AUROC {e['pixel_auroc']} AUPRO {e['aupro']} | "
         f"PatchCore I-AUROC {pc['image_auroc']} P-AUROC {pc['pixel_auroc']} | defect bank {describe_health(m['defect_bank'])} "
-        f"-> metrics.json, eval/plots, eval/heatmaps.png, eval/model.json ({calibrated(m['calibration'])})"
+        f"-> {paths.metrics}, {paths.eval}/ ({calibrated(m['calibration'])})"
     )
 
 

@@ -1,10 +1,10 @@
-"""Stages features_normal / features_defect / features_test: backbone patch features -> features/<which>.zarr.
+"""Stages features_normal / features_defect / features_test / features_feedback_{normal,defect}: backbone patch
+features -> paths.features/<which>.zarr.
 
-Usage: python stages/features.py normal|defect|test
+Usage: python stages/features.py normal|defect|test|feedback_normal|feedback_defect
 """
 
 import sys
-from pathlib import Path
 
 from exdd_core.data.records import read_manifest
 from exdd_core.features.embedder import Embedder
@@ -13,23 +13,24 @@ from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import load_params
+from exdd_core.runtime.paths import load_paths
 from exdd_core.runtime.runlog import FALLBACK_NOTE, log, track
-
-PREPARED = Path("data/prepared")
-SYNTHETIC = Path("data/synthetic")
-OUT = Path("features")
 
 
 def main(which: str) -> str:
-    p = load_params()
+    p, paths = load_params(), load_paths()
     if which == "normal":
-        manifests = [PREPARED / "train_normal" / "manifest.csv"]
+        manifests = [paths.manifest("train_normal")]
     elif which == "defect":
-        manifests = [PREPARED / "train_defective" / "manifest.csv", SYNTHETIC / "manifest.csv"]
+        manifests = [paths.manifest("train_defective"), paths.synthetic / "manifest.csv"]
     elif which == "test":
-        manifests = [PREPARED / "test" / "manifest.csv"]
+        manifests = [paths.manifest("test")]
+    elif which in ("feedback_normal", "feedback_defect"):  # verdicts from the line (exdd feedback add)
+        manifests = [paths.verdicts(which.split("_")[1]) / "manifest.csv"]
     else:
-        raise ParamError(f"features stage: expected normal, defect or test, got {which!r}")
+        raise ParamError(
+            f"features stage: expected normal, defect, test, feedback_normal or feedback_defect, got {which!r}"
+        )
     records = [r for m in manifests for r in read_manifest(m)]
     device = resolve_device(p["backbone"]["device"], "backbone.device")
     ranks = distributed.init(device)
@@ -45,9 +46,10 @@ def main(which: str) -> str:
     )
     if p["backbone"]["weights"] == "random":
         log.warning("random backbone weights: numbers are not comparable to the paper")
-    selection = p["bank"]["defect_patches"] if which == "defect" else "all"
-    OUT.mkdir(exist_ok=True)
-    out = OUT / f"{which}.zarr"
+    defects = which in ("defect", "feedback_defect")
+    selection = p["bank"]["defect_patches"] if defects else "all"
+    out = paths.store(which)
+    out.parent.mkdir(parents=True, exist_ok=True)
     summary = write_store(
         records,
         out,
@@ -59,7 +61,7 @@ def main(which: str) -> str:
         manifests=manifests,
         kind=which,
         selection=selection,
-        mask_threshold=p["bank"]["mask_threshold"] if which == "defect" else None,
+        mask_threshold=p["bank"]["mask_threshold"] if defects else None,
         progress=track,
         batch_size=p["features"]["batch_size"],
     )

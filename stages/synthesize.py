@@ -1,20 +1,16 @@
-"""Stage synthesize: paint synth.count defects into normal training images -> data/synthetic/.
+"""Stage synthesize: paint synth.count defects into normal training images -> paths.synthetic/.
 
 Generated samples are also kept in a per-sample cache (synth.cache_dir), so growing synth.count or changing
 post-processing (synth.diff_threshold) generates only what was never generated; data/synthetic itself is
 always the complete set, for DVC to track and share."""
 
-from pathlib import Path
-
 from exdd_core.data.records import read_manifest
 from exdd_core.runtime import distributed
 from exdd_core.runtime.params import load_params
+from exdd_core.runtime.paths import load_paths
 from exdd_core.runtime.runlog import log, track
 from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.run import ProceduralBackend, synthesize
-
-PREPARED = Path("data/prepared")
-OUT = Path("data/synthetic")
 
 
 def make_backend(synth: dict):
@@ -28,19 +24,19 @@ def make_backend(synth: dict):
 
 
 def main() -> str:
-    p = load_params()
+    p, paths = load_params(), load_paths()
     s = p["synth"]
-    normal = read_manifest(PREPARED / "train_normal" / "manifest.csv")
-    defective = read_manifest(PREPARED / "train_defective" / "manifest.csv")
+    normal = read_manifest(paths.manifest("train_normal"))
+    defective = read_manifest(paths.manifest("train_defective"))
     backend = make_backend(s) if s["count"] else None
     cache = SampleCache(s["cache_dir"]) if s["cache_dir"] else None
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    paths.synthetic.parent.mkdir(parents=True, exist_ok=True)
     device = getattr(getattr(backend, "settings", None), "device", "cpu")
     ranks = distributed.init(device)  # under torchrun: each rank generates a shard of the sample indices
     summary = synthesize(
         normal,
         defective,
-        OUT,
+        paths.synthetic,
         backend=backend,
         count=s["count"],
         seed=p["seed"],

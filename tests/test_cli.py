@@ -47,6 +47,7 @@ def fake_metrics() -> dict:
         "patchcore": {"threshold": 2.0, "image_auroc": 0.5, "pixel_auroc": 0.5},
         "bank_sizes": {"normal": 0, "defect": 0},
         "coverage_radius": {"normal": None, "defect": None},
+        "line_verdicts": {"normal": 0, "defect": 0},
         "test_images": {"normal": 2, "defective": 1},
         "calibration": {"images": 1, "target_fpr": 0.01},
     }

@@ -410,3 +410,42 @@ def test_two_processes_give_the_one_process_outputs_and_dvc_stays_clean(project)
     assert "(2 ranks, each bank sharded over them)" in " ".join(out.split())
     assert {name: (root / name).read_bytes() for name in outputs} == before
     assert "up to date" in run(["dvc", "status"], root, env).lower()
+
+
+def test_verdicts_from_the_line_rerun_only_what_they_feed(project):
+    """`exdd feedback add` then `dvc repro`: confirmed defects re-embed only themselves and rebuild M_P (and
+    what reads it); confirmed normals the normal side. prepare, features_normal and features_test never rerun,
+    and `dvc status` is clean after."""
+    from exdd_core.data.imageio import save_png
+    from exdd_core.data.sources import demo
+    from tests.tiny_project import exdd
+
+    root, env = project
+    size = tuple(yaml.safe_load((root / "params.yaml").read_text())["data"]["image_size"])
+    line = root.parent / "line"
+    line.mkdir(exist_ok=True)
+    for k in range(3):  # defective parts the banks never saw (beyond the demo's test indices)
+        save_png(line / f"defect_{k}.png", demo.render(7, "test", 1, 500 + k, size)[0])
+    save_png(line / "good.png", demo.render(7, "test", 0, 500, size)[0])
+    try:
+        p = exdd(["feedback", "add", "--defect", *map(str, sorted(line.glob("defect_*.png")))], root, env)
+        assert p.returncode == 0, p.stderr
+        out = run(["dvc", "repro"], root, env)
+        assert ran_stages(out) == {"features_feedback_defect", "bank_defect", "fit_fusion", "evaluate"}, out
+        assert "up to date" in run(["dvc", "status"], root, env)
+        metrics = json.loads((root / "metrics.json").read_text())
+        assert metrics["line_verdicts"] == {"normal": 0, "defect": 3}
+        card = json.loads((root / "eval" / "model.json").read_text())
+        assert card["banks"]["defect"]["line_verdicts"] == 3
+        p = exdd(["feedback", "add", "--normal", str(line / "good.png")], root, env)
+        assert p.returncode == 0, p.stderr
+        out = run(["dvc", "repro"], root, env)
+        normal_side = {"features_feedback_normal", "bank_normal", "bank_defect", "fit_fusion", "evaluate"}
+        assert ran_stages(out) == normal_side, out
+        assert "up to date" in run(["dvc", "status"], root, env)
+        listed = json.loads(exdd(["feedback", "list", "--json"], root, env).stdout)
+        assert listed["recorded"] == listed["in_banks"] == {"defect": 3, "normal": 1}
+    finally:
+        run(["git", "checkout", "--", "."], root, env)
+        run(["git", "clean", "-fdq", "data/feedback"], root, env)
+        run(["dvc", "checkout", "--force"], root, env)

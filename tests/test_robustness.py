@@ -6,6 +6,7 @@ import copy
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -234,6 +235,7 @@ def test_every_project_error_is_an_exdd_error():
 
 def _stage(tmp_path: Path, stage: str, params: dict) -> subprocess.CompletedProcess:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy2(REPO / "paths.yaml", tmp_path / "paths.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO), "EXDD_NO_PROGRESS": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "stages" / stage)],

@@ -279,6 +279,7 @@ def test_stage_runs_on_the_tiny_pipeline_and_grows_incrementally(tiny_model, pre
     params["data"]["image_size"] = list(IMAGE_SIZE)
     params["synth"] = synth_params(tiny_model, count=2, cache_dir=".exdd-cache/synth")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy2(REPO / "paths.yaml", tmp_path / "paths.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EXDD_NO_PROGRESS", "1")
     spec = importlib.util.spec_from_file_location("stage_synthesize", REPO / "stages" / "synthesize.py")

@@ -12,6 +12,7 @@ from exdd_core.banks.coreset import coreset_size, greedy_coreset
 from exdd_core.banks.greedy import CoresetResult
 from exdd_core.features.projection import project, projection_matrix
 from exdd_core.features.store import Store, StoreWriter
+from exdd_core.features.store_union import StoreUnion
 
 
 def project_store(store: Store, dim: int, seed: int, rows: np.ndarray | None = None) -> np.ndarray:
@@ -80,7 +81,7 @@ def _select(proj: np.ndarray, k: int, seed: int, method: str, device: str, count
 
 
 def build_bank(
-    features_path: Path,
+    features: Path | Store | StoreUnion,
     out: Path,
     *,
     ratio: float,
@@ -93,13 +94,14 @@ def build_bank(
     keep: np.ndarray | None = None,
     selector: Selector | None = None,
 ) -> dict:
-    """Select the coreset of a feature store (of its rows where `keep` (rows,) is True, when given: see
-    banks.purify) and write it as a bank store. Returns a summary.
+    """Select the coreset of a feature store, or of several read as one (features.store_union: the pipeline's
+    store and the verdicts from the line), of its rows where `keep` (rows,) is True when given (see
+    banks.purify), and write it as a bank store. Returns a summary.
 
     `selector` picks the coreset: by default one process projects the candidates and runs `greedy_coreset`
     (`method`, `device`, progress through `counter`); `banks.distributed.sharded_selector` spreads the rows
     over the ranks of a group (the same picks), and returns None on ranks other than 0, which write nothing."""
-    store = Store(features_path)
+    store = Store(features) if isinstance(features, (str, Path)) else features
     candidates = np.arange(len(store)) if keep is None else np.flatnonzero(keep)
     n = len(candidates)
     k = coreset_size(n, ratio, min_size)

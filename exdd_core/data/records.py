@@ -11,6 +11,10 @@ from exdd_core.runtime.errors import InputError
 
 MANIFEST_FIELDS = ("id", "split", "label", "image", "mask")
 TYPE_FIELD = "defect_type"  # an optional last column
+# A verdict from the line (data.feedback) carries these after the type column: the record columns stay first,
+# so the features stage reads a feedback manifest like any other.
+FEEDBACK_FIELDS = ("verdict", "time", "note", "source", "sha256")
+HEADERS = (MANIFEST_FIELDS, (*MANIFEST_FIELDS, TYPE_FIELD), (*MANIFEST_FIELDS, TYPE_FIELD, *FEEDBACK_FIELDS))
 # Ids of synthesized images start with this (synthesize writes syn_00000, ...): banks tell synthetic rows by it.
 SYNTHETIC_PREFIX = "syn_"
 
@@ -56,7 +60,7 @@ def read_manifest(path: Path) -> list[ImageRecord]:
     out: list[ImageRecord] = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) not in (MANIFEST_FIELDS, (*MANIFEST_FIELDS, TYPE_FIELD)):
+        if tuple(reader.fieldnames or ()) not in HEADERS:
             raise InputError(f"{path}: expected columns {MANIFEST_FIELDS}, found {reader.fieldnames}")
         for row in reader:
             out.append(

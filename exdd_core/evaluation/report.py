@@ -154,6 +154,12 @@ def map_range(maps: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
+def line_verdicts(bank_attrs: dict[str, Any]) -> int:
+    """How many images confirmed on the line (exdd feedback add) a bank was built from."""
+    sources = bank_attrs.get("sources") or {}
+    return int(sum(n for kind, n in sources.items() if str(kind).startswith("feedback_")))
+
+
 def build_metrics(
     truth: GroundTruth,
     scores: dict[str, np.ndarray],
@@ -188,6 +194,9 @@ def build_metrics(
         "defect_bank": {k: _round(v) if isinstance(v, float) else v for k, v in health.as_dict().items()},
         "coverage_radius": {
             k: b.attrs.get("coverage_radius") for k, b in zip(("normal", "defect"), banks, strict=True)
+        },
+        "line_verdicts": {
+            k: line_verdicts(b.attrs) for k, b in zip(("normal", "defect"), banks, strict=True)
         },
     }
     unlabelled = int(((labels == 1) & ~has_mask).sum())

@@ -74,6 +74,11 @@ def _largest_region_bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
     return ndimage.find_objects(labels)[int(np.argmax(sizes))]
 
 
+# Stores that may hold no image: known defects (the defect bank is then empty) and the verdicts from the line
+# (none until the first `exdd feedback add`).
+MAY_BE_EMPTY = ("defect", "feedback_defect", "feedback_normal")
+
+
 def write_store(
     records: list[ImageRecord],
     out: Path,
@@ -96,7 +101,7 @@ def write_store(
     One process, or every rank of a torch.distributed group (`ranks`; all call it): each rank extracts a
     contiguous shard of `records` and writes its rows straight into the one store (sharded_store) - the same
     store, byte for byte, as one process writes."""
-    if not records and kind != "defect":  # an empty defect store is legal: the defect bank is then empty
+    if not records and kind not in MAY_BE_EMPTY:
         raise InputError(f"{out}: no images to extract features from ({kind})")
     ranks = ranks or Ranks(0, 1, 0)
     extractor, proj = embedder.extractor, embedder.projection

@@ -53,6 +53,7 @@ INFO_KEYS = (
     "selection",
     "mask_threshold",
     "source_images",
+    "sources",  # images per source store: the pipeline's and the verdicts from the line (features.store_union)
     "source_rows",
     "coreset_ratio",
     "coreset_min_size",

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -138,17 +138,17 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def staging_dir(final: Path, top_level: Sequence[str] = ("metrics.json",)) -> Iterator[Path]:
+def staging_dir(final: Path, elsewhere: Mapping[str, Path] | None = None) -> Iterator[Path]:
     """A temporary folder beside `final` to write a stage's outputs into; on success each entry is moved
-    into `final` (replacing what was there), except the names in `top_level`, which go to `final`'s parent
+    into `final` (replacing what was there), except the names in `elsewhere`, which go to the path it gives
     (a stage's metrics file). Other files already in `final` (DVC's .gitignore) stay. On error nothing moves."""
-    final = Path(final)
+    final, elsewhere = Path(final), dict(elsewhere or {})
     pending = PendingPath(final.parent / f"{final.name}-staging", directory=True)
     try:
         yield pending.tmp
         final.mkdir(parents=True, exist_ok=True)
         for entry in sorted(pending.tmp.iterdir()):
-            replace_path(entry, (final.parent if entry.name in top_level else final) / entry.name)
+            replace_path(entry, Path(elsewhere.get(entry.name, final / entry.name)))
     finally:
         pending.abort()  # empty after success; everything staged after a failure
 

@@ -16,6 +16,7 @@ CoresetMethod = Literal["auto", "plain", "pruned"]
 DefectPatches = Literal["mask", "bbox_crop"]
 ScoreMode = Literal["fused", "paper", "same_patch", "max_ratio"]
 FusionForm = Literal["tau", "margin", "head"]
+Verdict = Literal["defect", "normal"]  # a verdict from the line (data.feedback)
 
 DEVICES: tuple[str, ...] = get_args(Device)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
@@ -27,6 +28,7 @@ CORESET_METHODS: tuple[str, ...] = get_args(CoresetMethod)
 DEFECT_PATCHES: tuple[str, ...] = get_args(DefectPatches)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 FUSION_FORMS: tuple[str, ...] = get_args(FusionForm)
+VERDICTS: tuple[str, ...] = get_args(Verdict)
 RATIO_MODES: tuple[str, ...] = tuple(
     m for m in SCORE_MODES if m != "fused"
 )  # the paper's three (scoring.strategies.Ratio)

@@ -161,7 +161,11 @@ def build_card(
             "seed": seed,
         },
         banks={
-            k: {"rows": metrics["bank_sizes"][k], "coverage_radius": metrics["coverage_radius"][k]}
+            k: {
+                "rows": metrics["bank_sizes"][k],
+                "coverage_radius": metrics["coverage_radius"][k],
+                "line_verdicts": metrics["line_verdicts"][k],  # images confirmed on the line (exdd feedback)
+            }
             for k in ("normal", "defect")
         },
         map_range=[float(map_range[0]), float(map_range[1])],

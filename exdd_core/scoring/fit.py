@@ -2,7 +2,7 @@
 `scoring.crossfit`) and, for the `head` form, the deployed defect head fit on every training image.
 
 Reads the feature stores, the normal bank, the known defective images and the synthetic recipes (`FusionInputs`);
-knows nothing of DVC. The stage `fit_fusion` writes the returned `Fit` to fusion/fusion.json.
+knows nothing of DVC. The stage `fit_fusion` writes the returned `Fit` to paths.fusion/fusion.json.
 """
 
 from __future__ import annotations
@@ -20,18 +20,19 @@ from exdd_core.data.records import read_manifest
 from exdd_core.features.embedder import Embedder
 from exdd_core.features.patches import mask_coverage
 from exdd_core.features.store import Store
+from exdd_core.features.store_union import StoreUnion, open_stores
 from exdd_core.scoring.crossfit import Fit, fit_final_head, fit_lambda, held_out_scores, synth_sources
 
 
 @dataclass(frozen=True)
 class FusionInputs:
-    """Where the step reads from (the pipeline's paths by default)."""
+    """Where the step reads from (the stage passes the pipeline's paths)."""
 
-    normal_features: Path = Path("features/normal.zarr")
-    defect_features: Path = Path("features/defect.zarr")
-    normal_bank: Path = Path("banks/normal.zarr")
-    known_defects: Path = Path("data/prepared/train_defective/manifest.csv")
-    recipes: Path = Path("data/synthetic/recipes.json")
+    normal_features: tuple[Path, ...]  # the normal store, then the normals confirmed on the line
+    defect_features: tuple[Path, ...]  # the defect store, then the defects confirmed on the line
+    normal_bank: Path
+    known_defects: tuple[Path, ...]  # manifests of the known defective images (training, then the line's)
+    recipes: Path  # the synthetic samples' recipes.json
 
 
 def fit_fusion(
@@ -54,8 +55,8 @@ def fit_fusion(
 def _cross_fit(p: dict, inputs: FusionInputs, device: str, progress: Callable) -> Fit:
     """lam cross-fitted on folds of the training images (banks and head rebuilt without each fold)."""
     fusion = p["scoring"]["fusion"]
-    normal, defect = Store(inputs.normal_features), Store(inputs.defect_features)
-    held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
+    normal, defect = open_stores(inputs.normal_features), open_stores(inputs.defect_features)
+    held = _calibration_images(p, normal)
     recipes = json.loads(inputs.recipes.read_text()) if inputs.recipes.is_file() else []
     defects = _known_defects(p, inputs.known_defects, tuple(normal.attrs["grid"]), device, progress)
     bank_ids = [i for i in normal.images if i not in held]
@@ -71,10 +72,19 @@ def _cross_fit(p: dict, inputs: FusionInputs, device: str, progress: Callable) -
     return fit_lambda(scored, fusion)
 
 
-def _known_defects(p: dict, manifest: Path, grid: tuple[int, int], device: str, progress: Callable) -> dict:
+def _calibration_images(p: dict, normal: Store | StoreUnion) -> set[str]:
+    """The held-out normal images that set the threshold: chosen among the normal store's own images, so a
+    verdict from the line never changes them."""
+    own = normal.parts[0].images if isinstance(normal, StoreUnion) else normal.images
+    return set(calibration_ids(own, p["eval"]["calibration_fraction"], p["seed"]))
+
+
+def _known_defects(
+    p: dict, manifests: tuple[Path, ...], grid: tuple[int, int], device: str, progress: Callable
+) -> dict:
     """Known defective training image id -> (its full patch rows as the stores hold them, the grid cells its
     mask marks as defect, or None without a mask)."""
-    records = read_manifest(manifest)
+    records = [r for m in manifests for r in read_manifest(m)]
     if not records:
         return {}
     embedder = Embedder.from_params(p["backbone"], p["features"], p["seed"], device)
@@ -101,8 +111,8 @@ def _final_head(p: dict, inputs: FusionInputs, fit: Fit) -> None:
             fit.note + "; " if fit.note else ""
         ) + "bank.defect_patches bbox_crop: no head to fit, lam 0"
         return
-    normal, defect = Store(inputs.normal_features), Store(inputs.defect_features)
-    held = calibration_ids(normal.images, p["eval"]["calibration_fraction"], p["seed"])
+    normal, defect = open_stores(inputs.normal_features), open_stores(inputs.defect_features)
+    held = _calibration_images(p, normal)
     bank_ids = [i for i in normal.images if i not in held]
     m_n = Store(inputs.normal_bank).read_all()
     fit.head, fired = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"])

@@ -2,6 +2,7 @@
 
     exdd score IMAGES... --banks banks [--out scored] [--threshold T] [--resize]
     exdd info banks/normal.zarr | banks | features/test.zarr | eval/model.json
+    exdd feedback add --defect IMG... | --normal IMG...; exdd feedback list   (serve/feedback_cli.py)
 
 `score` writes `<out>/scores.csv` (image, ExDD score, PatchCore score, decision, error) and one heatmap overlay
 PNG per image in `<out>/overlays/`, the size of the image file. Rows are appended as images are scored
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from exdd_core.runtime.choices import DEVICES, SCORE_MODES
 from exdd_core.runtime.errors import ExddError, InputError
 from exdd_core.runtime.runlog import log, run_stage, setup_logging, track
+from exdd_core.serve import feedback_cli
 
 if TYPE_CHECKING:  # the CLI imports torch only when a command needs it
     from exdd_core.scoring.card import Card
@@ -349,18 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("path", type=Path, help="a *.zarr store, a folder of stores, or eval/model.json")
     inf.add_argument("--json", action="store_true", help="print JSON instead of tables")
     inf.set_defaults(func=cmd_info)
+    feedback_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    if args.verb == "info":
+    if args.verb in ("info", "feedback"):  # quick verbs: an answer or an error, no stage log
         try:
-            cmd_info(args)
+            if args.verb == "feedback":
+                feedback_cli.resolve(args)
+            said = args.func(args)
         except ExddError as e:
-            log.error("info failed: %s", e)
+            log.error("%s failed: %s", args.verb, e)
             return 1
+        if args.verb == "feedback":
+            log.info(said)
         return 0
     run_stage(args.verb, lambda: args.func(args))
     return 0
