@@ -57,6 +57,27 @@ def test_no_evidence_no_head_and_round_trip() -> None:
     torch.testing.assert_close(again.logits(normal), head.logits(normal))
 
 
+def test_a_floored_head_is_silent_on_every_calibration_row_and_keeps_its_direction() -> None:
+    """head_floor calibration_max: z - max z over the calibration normals, streamed in blocks, in float64 by
+    hand; relu of it is 0 on each of those rows, and the floor survives the card's round trip."""
+    normal, defect = rows(4)
+    head = fit_head(normal[:600], defect, 0)
+    assert head is not None
+    calibration = normal[600:]
+    floored = head.with_floor([calibration[:100], calibration[100:0], calibration[100:]])
+    w, b = head.weight.astype(np.float64), float(head.bias)
+    top = (calibration.astype(np.float64) @ w + b).max()
+    probe = np.concatenate([normal[:50], defect])
+    want = probe.astype(np.float64) @ w + b - top
+    np.testing.assert_allclose(floored.logits(probe).numpy(), want, rtol=1e-5, atol=1e-4)
+    assert float(floored.logits(calibration).max()) == pytest.approx(0.0, abs=1e-4)
+    assert floored.floor == pytest.approx(top, rel=1e-5) and top > 2.326  # beyond the 99 % of normal rows
+    assert (floored.logits(defect).numpy() > 0).mean() > 0.3  # the strongest defect rows still fire
+    again = DefectHead.from_dict(floored.to_dict())
+    assert again.floor == floored.floor and head.with_floor([]) is head
+    torch.testing.assert_close(again.logits(probe), floored.logits(probe))
+
+
 def test_sample_rows_is_seeded_and_ordered() -> None:
     x = np.arange(100)[:, None]
     a, b = sample_rows(x, 10, 4), sample_rows(x, 10, 4)

@@ -16,6 +16,7 @@ CoresetMethod = Literal["auto", "plain", "pruned"]
 DefectPatches = Literal["mask", "bbox_crop"]
 ScoreMode = Literal["fused", "paper", "same_patch", "max_ratio"]
 FusionForm = Literal["tau", "margin", "head"]
+HeadFloor = Literal["calibration_max", "none"]  # scoring.fusion.head_floor
 Verdict = Literal["defect", "normal"]  # a verdict from the line (data.feedback)
 
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -29,6 +30,7 @@ DEFECT_PATCHES: tuple[str, ...] = get_args(DefectPatches)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 FUSION_FORMS: tuple[str, ...] = get_args(FusionForm)
 VERDICTS: tuple[str, ...] = get_args(Verdict)
+HEAD_FLOORS: tuple[str, ...] = get_args(HeadFloor)
 RATIO_MODES: tuple[str, ...] = tuple(
     m for m in SCORE_MODES if m != "fused"
 )  # the paper's three (scoring.strategies.Ratio)

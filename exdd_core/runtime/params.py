@@ -197,6 +197,7 @@ SCHEMA: dict[str, Any] = {
             "folds": integer(2, 20),
             "tolerance": number(0.0),
             "cell_coverage": number(0.0, 1.0, lo_open=True),
+            "head_floor": choice(*c.HEAD_FLOORS),
         },
         "eps": number(0.0, lo_open=True),
         "sigma": number(0.0),

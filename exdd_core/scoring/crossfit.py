@@ -96,13 +96,15 @@ def held_out_scores(
     seed: int,
     device: str = "cpu",
     head: bool = False,
+    floor_rows: list[np.ndarray] | None = None,
 ) -> list[HeldOut]:
     """Every held-out image of every fold, scored against banks (and, with `head`, a defect head) built
     without its fold.
 
     `bank_ids`: the normal images the normal bank is built from; `synth_sources`: synthetic id -> the
     training image ids it was painted into or with; `defect_images`: known defective training image id ->
-    (its full patch rows as stored, the cell-defect flags or None); `bank`: the `bank` params."""
+    (its full patch rows as stored, the cell-defect flags or None); `bank`: the `bank` params; `floor_rows`:
+    the calibration normals' rows each fold's head is floored on (DefectHead.with_floor), or None."""
     coreset = dict(
         projection_dim=bank["projection_dim"], seed=seed, method=bank["coreset_method"], device=device
     )
@@ -132,6 +134,8 @@ def held_out_scores(
         tau_n = float(np.median(spacing)) if len(spacing) else 1.0
         tau_p = (normal_nn_scale(bank_p) if bank_p is not None else None) or 1.0
         h = head_from_stores(normal, defect, set(bank_ids) - held_n, candidates, seed) if head else None
+        if h is not None and floor_rows is not None:
+            h = h.with_floor(floor_rows)
         queries = [(r, 0, None) for _, i, r, _ in normal.iter_images() if i in held_n]
         queries += [(rows, 1, cells) for i, (rows, cells) in defect_images.items() if i in held_d]
         for rows, label, cells in queries:
@@ -214,15 +218,24 @@ def synth_sources(recipes: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def fit_final_head(
-    normal: Store, defect: Store, bank_ids: list[str], m_n: np.ndarray, bank: dict[str, Any], seed: int
+    normal: Store,
+    defect: Store,
+    bank_ids: list[str],
+    m_n: np.ndarray,
+    bank: dict[str, Any],
+    seed: int,
+    floor_rows: list[np.ndarray] | None = None,
 ) -> tuple[DefectHead | None, dict[str, int]]:
     """The deployed defect head: every normal image of the bank against every defect row the bank stage
-    keeps (purified and pseudo-masked against the full M_N `m_n`, as banks/defect.zarr's candidates), and on
-    how many of its own training rows it fires (z > 0): a head that fires on few defect rows learned little."""
+    keeps (purified and pseudo-masked against the full M_N `m_n`, as banks/defect.zarr's candidates),
+    floored on `floor_rows` when given (DefectHead.with_floor), and on how many of its own training rows it
+    fires (z > 0): a head that fires on few defect rows learned little."""
     bank_n = Bank(m_n)
     spacing = normal_self_nn(bank_n)
     keep = np.flatnonzero(defect_row_filter(defect, bank_n, bank["purify"], bank["pseudo_top"], spacing).keep)
     head = head_from_stores(normal, defect, set(bank_ids), keep, seed)
+    if head is not None and floor_rows is not None:
+        head = head.with_floor(floor_rows)
     fired = {"defect_rows": len(keep), "defect_rows_fired": 0}
     if head is not None:
         fired["defect_rows_fired"] = int((head.logits(defect.take(keep)) > 0).sum())

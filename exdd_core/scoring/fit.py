@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from exdd_core.banks.holdout import calibration_ids
@@ -67,7 +68,7 @@ def _cross_fit(p: dict, inputs: FusionInputs, device: str, progress: Callable) -
         return Fit(0.0, {}, images, f"{why} to cross-fit on: lam 0")
     scored = held_out_scores(
         normal, defect, bank_ids, synth_sources(recipes), defects, p["bank"], folds, p["seed"], device,
-        head=fusion["form"] == "head",
+        head=fusion["form"] == "head", floor_rows=_floor_rows(p, normal, held),
     )  # fmt: skip
     return fit_lambda(scored, fusion)
 
@@ -77,6 +78,14 @@ def _calibration_images(p: dict, normal: Store | StoreUnion) -> set[str]:
     verdict from the line never changes them."""
     own = normal.parts[0].images if isinstance(normal, StoreUnion) else normal.images
     return set(calibration_ids(own, p["eval"]["calibration_fraction"], p["seed"]))
+
+
+def _floor_rows(p: dict, normal: Store | StoreUnion, held: set[str]) -> list[np.ndarray] | None:
+    """The rows the head is floored on (scoring.fusion.head_floor calibration_max), one block per image:
+    every patch of the held-out calibration normals, which no bank holds; None for `none` (or none held)."""
+    if p["scoring"]["fusion"]["head_floor"] != "calibration_max" or not held:
+        return None
+    return [rows for _, image_id, rows, _ in normal.iter_images() if image_id in held]
 
 
 def _known_defects(
@@ -115,7 +124,8 @@ def _final_head(p: dict, inputs: FusionInputs, fit: Fit) -> None:
     held = _calibration_images(p, normal)
     bank_ids = [i for i in normal.images if i not in held]
     m_n = Store(inputs.normal_bank).read_all()
-    fit.head, fired = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"])
+    floor = _floor_rows(p, normal, held)
+    fit.head, fired = fit_final_head(normal, defect, bank_ids, m_n, p["bank"], p["seed"], floor)
     fit.evidence = {**fit.evidence, "head_training": fired}
     if fit.head is not None and fired["defect_rows_fired"] < 0.5 * fired["defect_rows"]:
         weak = (
