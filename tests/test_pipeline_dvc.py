@@ -84,7 +84,8 @@ def test_replacing_a_raw_image_reruns_prepare_and_what_follows(project, tmp_path
     params["data"].update(source="ksdd2", root=str(raw))
     try:
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        assert ran_stages(run(["dvc", "repro"], root, env)) == ALL_STAGES
+        verdicts = {"features_feedback_normal", "features_feedback_defect"}  # the line's images: unchanged
+        assert ran_stages(run(["dvc", "repro"], root, env)) == ALL_STAGES - verdicts
         assert "up to date" in run(["dvc", "status"], root, env)
         image = raw / "train" / "train_normal_0002.png"
         pixels = load_image(image)

@@ -123,6 +123,20 @@ def test_empty_defect_bank_falls_back_to_patchcore():
     np.testing.assert_array_equal(res.ratio_map, res.normal_map)
 
 
+@pytest.mark.parametrize(
+    ("grid", "size"), [((79, 28), (632, 224)), ((40, 14), (316, 112)), ((7, 5), (33, 17)), ((10, 8), (5, 4))]
+)
+def test_upsample_is_torch_bilinear(grid, size):
+    """The numpy upsampling against torch's F.interpolate (bilinear, align_corners=False) on random maps."""
+    import torch.nn.functional as F
+
+    m = np.random.default_rng(grid[0]).normal(0, 10, grid).astype(np.float32)
+    want = F.interpolate(torch.as_tensor(m)[None, None], size=size, mode="bilinear", align_corners=False)[
+        0, 0
+    ]
+    np.testing.assert_allclose(upsample(m, size), want.numpy(), rtol=0, atol=1e-4)
+
+
 def test_upsample_and_gaussian_map():
     g = np.arange(6, dtype=np.float32).reshape(2, 3)
     up = upsample(g, (4, 6))

@@ -19,6 +19,7 @@ from exdd_core.evaluation.heatmaps import HEATMAP_RANGE_PERCENTILES, write_heatm
 from exdd_core.evaluation.image_metrics import image_metrics
 from exdd_core.evaluation.pixel_metrics import pixel_report
 from exdd_core.evaluation.plots import write_plot_data
+from exdd_core.features.provenance import line_verdicts
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.atomic import write_csv_atomic
 from exdd_core.runtime.choices import SCORE_MODES as MODES
@@ -152,12 +153,6 @@ def map_range(maps: np.ndarray) -> tuple[float, float]:
     """The heatmaps' colour range: HEATMAP_RANGE_PERCENTILES of every ExDD map value."""
     lo, hi = (float(v) for v in np.percentile(maps, HEATMAP_RANGE_PERCENTILES))
     return lo, hi
-
-
-def line_verdicts(bank_attrs: dict[str, Any]) -> int:
-    """How many images confirmed on the line (exdd feedback add) a bank was built from."""
-    sources = bank_attrs.get("sources") or {}
-    return int(sum(n for kind, n in sources.items() if str(kind).startswith("feedback_")))
 
 
 def build_metrics(

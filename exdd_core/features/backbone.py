@@ -14,24 +14,11 @@ import numpy as np
 import torch
 
 from exdd_core.features.patches import Aggregation, aggregate_patches
+from exdd_core.features.provenance import IMAGENET_MEAN, IMAGENET_STD, input_stats
 from exdd_core.features.registry_weights import REGISTRY, load_registry_weights, registry_weights_id
 from exdd_core.runtime.choices import NAMED_WEIGHTS, WEIGHT_SUFFIXES
 from exdd_core.runtime.errors import InputError, MissingResourceError, ParamError
 from exdd_core.runtime.hashing import file_digest
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def input_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the backbone's weights were trained with (timm's pretrained config of `name`), ImageNet's
-    for a model timm has no config for. Random weights use the same, so a model's input never depends on them."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
-    if cfg is None or cfg.mean is None or cfg.std is None:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
 
 
 @dataclass(frozen=True)

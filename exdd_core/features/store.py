@@ -23,44 +23,13 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr
 
+from exdd_core.features.provenance import COMPAT_KEYS, INFO_KEYS  # noqa: F401 (INFO_KEYS re-exported)
 from exdd_core.runtime.atomic import PendingPath
 from exdd_core.runtime.errors import InputError, MismatchError
 
 FORMAT = "exdd-features/1"
 TARGET_CHUNK_BYTES = 24 << 20
 INDEX_CHUNK_ROWS = 1 << 20
-# Provenance keys that must agree between the banks and the test features before scoring.
-COMPAT_KEYS = (
-    "backbone",
-    "weights_id",
-    "layers",
-    "patch_size",
-    "aggregation",
-    "image_size",
-    "grid",
-    "stored_dim",
-    "projection_seed",
-    "dtype",
-)
-
-
-# What `exdd info` shows of a store or bank: its kind, the provenance every store shares, and the rest.
-INFO_KEYS = (
-    "kind",
-    *COMPAT_KEYS,
-    "weights",
-    "feature_dim",
-    "selection",
-    "mask_threshold",
-    "source_images",
-    "sources",  # images per source store: the pipeline's and the verdicts from the line (features.store_union)
-    "source_rows",
-    "coreset_ratio",
-    "coreset_min_size",
-    "coverage_radius",
-    "coverage_space",
-    "device",
-)
 
 
 def chunk_rows_for(dim: int, itemsize: int) -> int:

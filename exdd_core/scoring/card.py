@@ -12,8 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exdd_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD, input_stats
-from exdd_core.features.store import COMPAT_KEYS
+from exdd_core.features.provenance import COMPAT_KEYS, IMAGENET_MEAN, IMAGENET_STD, input_stats
 from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.errors import InputError, MismatchError
 

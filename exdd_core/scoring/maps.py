@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps along one axis (align_corners=False, half-pixel centres, clamped at 0): the two source
+    indices and their weights for each output index, in float32 as torch computes them."""
+    src = np.float32(n_in / n_out) * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    return i0, np.minimum(i0 + 1, n_in - 1), np.float32(1.0) - w1, w1
+
+
 def upsample(grid_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) -> (H, W) by bilinear interpolation (align_corners=False, as torch/PIL resizing)."""
-    t = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    """(h, w) -> (H, W) by bilinear interpolation (align_corners=False, as torch/PIL resizing), in numpy: the
+    same maps with or without torch installed (an ONNX export scores without it). Equal to torch's
+    F.interpolate within float32 rounding (tests/test_scoring.py)."""
+    m = np.asarray(grid_map, dtype=np.float32)
+    r0, r1, h0, h1 = _taps(m.shape[0], int(size[0]))
+    c0, c1, w0, w1 = _taps(m.shape[1], int(size[1]))
+    top = m[r0][:, c0] * w0 + m[r0][:, c1] * w1
+    bottom = m[r1][:, c0] * w0 + m[r1][:, c1] * w1
+    return (h0[:, None] * top + h1[:, None] * bottom).astype(np.float32)
 
 
 def anomaly_map(

@@ -14,20 +14,21 @@ scoring path is the library's (see exdd_core.serve.inference).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exdd_core.runtime.choices import DEVICES, SCORE_MODES
 from exdd_core.runtime.errors import ExddError, InputError
-from exdd_core.runtime.runlog import log, run_stage, setup_logging, track
-from exdd_core.serve import feedback_cli
+from exdd_core.runtime.runlog import FALLBACK_NOTE, log, run_stage, setup_logging, track
+from exdd_core.serve import feedback_cli, info_cli
 
 if TYPE_CHECKING:  # the CLI imports torch only when a command needs it
     from exdd_core.scoring.card import Card
 
 DEFAULT_OUT = Path("scored")
+TORCH_STACK = ("torch", "torchvision", "timm", "zarr", "safetensors", "sklearn", "onnx")
+CHECK_IMAGES = 8  # images an ONNX export is checked on by default
 SCORE_COLUMNS = ("image", "exdd", "patchcore", "decision", "threshold", "overlay", "error")
 
 
@@ -60,21 +61,41 @@ def _threshold(args: argparse.Namespace, card: Card, mode: str) -> float | None:
 
 
 def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any, str, Path]:
-    """The card, its path, the scorer (banks + card, or an export folder), the device and where the banks
-    are (the banks folder or the export); image sizes are refused up front (before loading the backbone)
-    unless --resize."""
-    from exdd_core.runtime.device import resolve_device
+    """The card, its path, the scorer (banks + card, a torch export, or an ONNX export, which imports
+    neither torch nor timm), the device and where the banks are; image sizes are refused up front (before
+    loading the backbone) unless --resize."""
     from exdd_core.scoring.card import load_card
-    from exdd_core.serve.export import CARD_FILE, is_export, load_exported_card, open_exported
-    from exdd_core.serve.inference import check_sizes, find_card, open_scorer
+    from exdd_core.serve.export_card import CARD_FILE, is_export, read_export
+    from exdd_core.serve.inputs import check_sizes, find_card
 
     exported = args.model is not None and is_export(args.model)
     card_path = args.model / CARD_FILE if exported else find_card(args.banks, args.model)
-    card = load_exported_card(args.model) if exported else load_card(card_path)
+    card, export = read_export(args.model) if exported else (load_card(card_path), {})
     if not args.resize:  # unreadable files get an error row later (or stop the run with --fail-fast)
         check_sizes(paths, card.image_size, skip_unreadable=not args.fail_fast)  # type: ignore[arg-type]
+    if (args.lam is not None and args.lam < 0) or (args.topk is not None and args.topk < 1):
+        raise InputError(f"--lam {args.lam} / --topk {args.topk}: expected lam >= 0 and topk >= 1")
+    fusion = {k: v for k, v in (("lam", args.lam), ("topk", args.topk)) if v is not None}
+    if fusion and args.threshold is None:
+        log.warning("--lam/--topk change the scores the card's threshold was calibrated on; pass --threshold")
+    if export.get("format") == "onnx":
+        from exdd_core.serve.onnx_model import OnnxScorer
+
+        if args.device == "cuda":
+            raise InputError("--device cuda: an ONNX export runs on onnxruntime's CPU provider here")
+        if (args.mode or card.scoring["mode"]) != "fused":
+            raise InputError(f"--mode {args.mode}: an ONNX export scores the fused mode (and PatchCore) only")
+        return card, card_path, OnnxScorer(args.model, fusion), "cpu (onnxruntime)", args.model
+    from exdd_core.runtime.device import resolve_device
+    from exdd_core.serve.export import open_exported
+    from exdd_core.serve.inference import open_scorer
+
     device = resolve_device(args.device, "--device")
-    scorer = open_exported(args.model, device) if exported else open_scorer(args.banks, card_path, device)
+    scorer = (
+        open_exported(args.model, device, fusion)
+        if exported
+        else open_scorer(args.banks, card_path, device, fusion)
+    )
     return card, card_path, scorer, device, (args.model if exported else args.banks)
 
 
@@ -84,14 +105,13 @@ def _score_one(
     """One image: its scores.csv row (and overlay, unless --no-overlays), and whether it was resized."""
     from exdd_core.data.imageio import save_png
     from exdd_core.evaluation.overlay import annotate, overlay
-    from exdd_core.serve.inference import map_at_image_size, score_file
 
-    scored = score_file(scorer, path, resize=args.resize)
+    scored = scorer.score_file(path, resize=args.resize)
     s = scored.scores[mode]
     decision = "" if thr is None else ("defective" if s >= thr else "normal")
     if not args.no_overlays:
         lo, hi = card.map_range
-        over = overlay(scored.image, map_at_image_size(scored), lo, hi)
+        over = overlay(scored.image, scorer.map_at_image_size(scored), lo, hi)
         thr_text = "none" if thr is None else f"{thr:.4g}"
         lines = [path.name, f"ExDD ({mode}) {s:.4g}, thr {thr_text}", f"-> {decision or 'no threshold'}"]
         save_png(args.out / "overlays" / name, annotate(over, lines, lo, hi, font_size=12))
@@ -152,8 +172,7 @@ def _score_all(
 
 def cmd_score(args: argparse.Namespace) -> str:
     """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
-    from exdd_core.scoring.model import FALLBACK_NOTE
-    from exdd_core.serve.inference import expand_inputs
+    from exdd_core.serve.inputs import expand_inputs
 
     paths = expand_inputs(args.images)
     card, card_path, scorer, device, banks = _open(args, paths)
@@ -189,61 +208,23 @@ def cmd_score(args: argparse.Namespace) -> str:
     )
 
 
-# --------------------------------------------------------------------------------------------------------
-# info
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def store_info(path: Path) -> dict[str, Any]:
-    """What a feature store or bank holds: size, provenance, and for a bank the coverage radius."""
-    from exdd_core.features.store import INFO_KEYS, Store
-
-    st = Store(path)
-    info: dict[str, Any] = {"path": str(path), "rows": len(st), "dim": st.dim}
-    is_bank = str(st.attrs.get("kind", "")).startswith("bank:")
-    if not is_bank:
-        info["images"] = len(st.images)
-    info["disk_mb"] = round(_disk_bytes(Path(path)) / 2**20, 2)
-    info.update({k: st.attrs[k] for k in INFO_KEYS if k in st.attrs})
-    return info
-
-
-def _targets(path: Path) -> list[tuple[str, Path]]:
-    """(kind, path) of what `path` names: a store, a folder of stores, a card, or a folder with a card."""
-    if (path / "zarr.json").is_file():
-        return [("store", path)]
-    if path.is_file():
-        return [("card", path)]
-    if path.is_dir():
-        found = [("store", p) for p in sorted(path.glob("*.zarr")) if (p / "zarr.json").is_file()]
-        if (path / "model.json").is_file():
-            found.append(("card", path / "model.json"))
-        if found:
-            return found
-        raise InputError(f"{path}: holds no feature store (*.zarr) and no deployment card (model.json)")
-    raise InputError(f"{path}: no such file or folder")
-
-
-def _print_table(title: str, info: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for k, v in info.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    Console(width=120).print(table)  # stdout: the answer, where logs and progress go to stderr
-
-
 def cmd_export(args: argparse.Namespace) -> str:
-    from exdd_core.serve.export import export_model
-    from exdd_core.serve.inference import find_card
+    from exdd_core.serve.inputs import expand_inputs, find_card
 
     card_path = find_card(args.banks, args.model)
+    if args.format == "onnx":
+        from exdd_core.serve.onnx_export import export_onnx
+
+        checks = expand_inputs(args.check_images) if args.check_images else default_check_images(args.banks)
+        export = export_onnx(args.banks, card_path, args.out, checks)
+        p = export["parity"]
+        return (
+            f"exported {args.banks} with {card_path} to ONNX -> {args.out}: {p['images']} check images scored "
+            f"within {p['max_relative_difference']:.2e} (relative) of the torch model; score with: "
+            f"exdd score --model {args.out} <images> (needs only exdd[onnx])"
+        )
+    from exdd_core.serve.export import export_model
+
     export = export_model(args.banks, card_path, args.out)
     rows = export["bank_rows"]
     return (
@@ -252,18 +233,15 @@ def cmd_export(args: argparse.Namespace) -> str:
     )
 
 
-def cmd_info(args: argparse.Namespace) -> str:
-    from exdd_core.scoring.card import load_card
-
-    result: dict[str, Any] = {}
-    for kind, p in _targets(args.path):
-        result[str(p)] = store_info(p) if kind == "store" else load_card(p).to_dict()
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        for p, info in result.items():
-            _print_table(p, info)
-    return f"{len(result)} item(s) under {args.path}"
+def default_check_images(banks: Path, n: int = CHECK_IMAGES) -> list[Path]:
+    """The project's prepared test images beside the banks (the first `n`), or an error asking for some."""
+    folder = Path(banks).resolve().parent / "data" / "prepared" / "test" / "images"
+    found = sorted(folder.glob("*.png"))[:n] if folder.is_dir() else []
+    if not found:
+        raise InputError(
+            f"no images to check the ONNX export with ({folder} holds none): pass --check-images IMG..."
+        )
+    return found
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -300,6 +278,10 @@ def _add_score(sub: Any) -> None:
         choices=SCORE_MODES,
         default=None,
         help="ExDD image-score mode (default: the one evaluate reported; its threshold comes along)",
+    )
+    sc.add_argument("--lam", type=float, default=None, help="override the card's fused-score lam (>= 0)")
+    sc.add_argument(
+        "--topk", type=int, default=None, help="override the card's top-k of the image score (>= 1)"
     )
     sc.add_argument(
         "--resize",
@@ -341,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--out", type=Path, required=True, help="the export folder to write (replaced if it exists)"
     )
+    ex.add_argument(
+        "--format",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch: backbone + banks as safetensors (needs exdd); onnx: an ONNX graph + numpy banks that "
+        "score with onnxruntime and numpy alone (exdd[onnx]), checked against torch at export",
+    )
+    ex.add_argument(
+        "--check-images",
+        nargs="+",
+        type=Path,
+        default=None,
+        help=f"onnx: images (or folders) to check the export on (default: the first {CHECK_IMAGES} "
+        "prepared test images beside the banks)",
+    )
     ex.set_defaults(func=cmd_export)
 
     inf = sub.add_parser(
@@ -350,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inf.add_argument("path", type=Path, help="a *.zarr store, a folder of stores, or eval/model.json")
     inf.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    inf.set_defaults(func=cmd_info)
+    inf.set_defaults(func=info_cli.cmd_info)
     feedback_cli.add_parser(sub)
     return parser
 
@@ -369,7 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "feedback":
             log.info(said)
         return 0
-    run_stage(args.verb, lambda: args.func(args))
+    try:
+        run_stage(args.verb, lambda: args.func(args))
+    except ModuleNotFoundError as e:  # a base install (exdd[onnx]) scoring banks or a torch export
+        if e.name and e.name.split(".")[0] in TORCH_STACK:
+            log.error(
+                "%s needs the torch stack (%s is not installed): pip install 'exdd[torch]'", args.verb, e.name
+            )
+            return 1
+        raise
     return 0
 
 

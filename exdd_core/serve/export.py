@@ -1,5 +1,5 @@
 """`exdd export`: the banks and the scorer as one self-contained folder that scores images on a machine with
-only `pip install exdd` - no DVC, no repo, no Zarr stores (design.md, "Serving").
+only `pip install 'exdd[torch]'` - no DVC, no repo, no Zarr stores (design.md, "Serving").
 
     <out>/card.json             the deployment card, plus an `export` block (files, digests, dtype)
     <out>/backbone.safetensors  the cut backbone's weights (timm features_only state dict); its timm name,
@@ -26,15 +26,12 @@ from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.runtime.hashing import file_digest
 from exdd_core.scoring.card import Card
 from exdd_core.scoring.model import ExddModel, ScoringSettings
+from exdd_core.serve.export_card import CARD_FILE, is_export, load_exported_card, read_export  # noqa: F401
 from exdd_core.serve.inference import Scorer, open_scorer
+from exdd_core.serve.inputs import override_fusion
 
-CARD_FILE = "card.json"
 BACKBONE_FILE = "backbone.safetensors"
 BANKS_FILE = "banks.safetensors"
-
-
-def is_export(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / CARD_FILE).is_file()
 
 
 def export_model(banks: Path, card_path: Path, out: Path) -> dict:
@@ -74,34 +71,17 @@ def _readme(card: Card, export: dict) -> str:
         f"ExDD banks (M_N {export['bank_rows']['normal']} rows, M_P {export['bank_rows']['defect']} rows, "
         f"{export['bank_dtype']}) and the {b['name']} backbone they were built with ({f['weights_id']}), for "
         f"{f['image_size'][0]}x{f['image_size'][1]} (H x W) images.\n\n"
-        "```bash\npip install exdd\nexdd score --model <this folder> image.png folder/ --out scored\n```\n\n"
+        "```bash\npip install 'exdd[torch]'\nexdd score --model <this folder> image.png folder/ --out scored\n```\n\n"
         f"Thresholds (score >= threshold means defective): {card.thresholds}; rule: {card.threshold_rule}.\n"
         "`card.json` holds every setting and the metrics of the run that built it.\n"
     )
 
 
-def _read(folder: Path) -> tuple[Card, dict]:
-    card_path = Path(folder) / CARD_FILE
-    try:
-        data = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{card_path}: cannot read the export's card ({e})") from e
-    export = data.pop("export", None) if isinstance(data, dict) else None
-    if not isinstance(export, dict):
-        raise InputError(
-            f"{card_path}: not an exdd export (no `export` block); use `exdd export` to make one"
-        )
-    return Card.from_dict(data, str(card_path)), export
-
-
-def load_exported_card(folder: Path) -> Card:
-    return _read(folder)[0]
-
-
-def open_exported(folder: Path, device: str = "cpu") -> Scorer:
+def open_exported(folder: Path, device: str = "cpu", fusion: dict | None = None) -> Scorer:
     """A Scorer from an export folder: files checked against the digests in its card."""
     folder = Path(folder)
-    card, export = _read(folder)
+    card, export = read_export(folder)
+    card = override_fusion(card, fusion)  # run-time overrides (lam, topk)
     card.check_preprocessing(str(folder / CARD_FILE))
     for key in ("backbone", "banks"):
         path = folder / export[f"{key}_file"]

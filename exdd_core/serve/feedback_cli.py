@@ -55,10 +55,13 @@ def cmd_add(args: argparse.Namespace) -> str:
 
 def learned(banks: Path) -> dict[str, int] | None:
     """Verdicts each bank was built from (None where the banks are not built)."""
-    from exdd_core.evaluation.report import line_verdicts
-    from exdd_core.features.store import Store
+    from exdd_core.features.provenance import line_verdicts
 
     if not all((banks / f"{k}.zarr" / "zarr.json").is_file() for k in ("normal", "defect")):
+        return None
+    try:
+        from exdd_core.features.store import Store
+    except ModuleNotFoundError:  # a line PC with exdd[onnx] only: no Zarr to read banks with
         return None
     return {k: line_verdicts(Store(banks / f"{k}.zarr").attrs) for k in ("normal", "defect")}
 
@@ -75,7 +78,7 @@ def cmd_list(args: argparse.Namespace) -> str:
     else:
         _print(rows)
     banks = (
-        "the banks are not built"
+        "the banks are not built (or not readable here)"
         if in_banks is None
         else f"the banks learned {in_banks['defect']} defect and {in_banks['normal']} normal"
     )

@@ -16,74 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from exdd_core.data.imageio import image_size_of, load_image
+from exdd_core.data.imageio import load_image
 from exdd_core.features.embedder import Embedder, make_extractor
 from exdd_core.features.store import Store, check_compatible
-from exdd_core.runtime.choices import IMAGE_SUFFIXES, NAMED_WEIGHTS
-from exdd_core.runtime.errors import InputError
-from exdd_core.scoring.card import CARD_NAME, Card, load_card
+from exdd_core.runtime.choices import NAMED_WEIGHTS
+from exdd_core.scoring.card import Card, load_card
 from exdd_core.scoring.maps import upsample
 from exdd_core.scoring.model import ExddModel, ImageResult, ScoringSettings
+from exdd_core.serve.inputs import check_sizes, expand_inputs, find_card, override_fusion  # noqa: F401
 
 # Keys of the rebuilt extractor's provenance that must equal the banks' (a changed weights file shows here).
 EXTRACTOR_KEYS = ("backbone", "weights_id", "layers", "channels", "patch_size", "aggregation")
-
-
-def find_card(banks: Path, model: Path | None) -> Path:
-    """--model if given, else `<banks>/../eval/model.json` (a project checkout), else `eval/model.json`."""
-    if model is not None:
-        return Path(model)
-    beside = Path(banks).resolve().parent / "eval" / CARD_NAME
-    return beside if beside.is_file() else Path("eval") / CARD_NAME
-
-
-# --------------------------------------------------------------------------------------------------------
-# inputs
-
-
-def expand_inputs(items: list[Path]) -> list[Path]:
-    """Files as given, folders as their image files (sorted, not recursive). KSDD2-style `<id>_GT.*` masks in
-    a folder are skipped: scoring a ground-truth mask as a surface is never what was meant."""
-    out: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_GT")
-            )
-            if not found:
-                raise InputError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        elif item.is_file():
-            out.append(item)
-        else:
-            raise InputError(f"{item}: no such file or folder")
-    return out
-
-
-def check_sizes(paths: list[Path], expected: tuple[int, int], skip_unreadable: bool = False) -> None:
-    """Refuse, before any work, images whose size differs from the banks' (they would be scored at another
-    scale than every bank patch was seen at). Lists the offenders with their sizes. `skip_unreadable`: a file
-    whose header cannot be read is left to the scoring loop (it gets a row saying why) instead of stopping."""
-    bad = []
-    for p in paths:
-        try:
-            bad.append((p, image_size_of(p)))
-        except InputError:
-            if not skip_unreadable:
-                raise
-    bad = [(p, hw) for p, hw in bad if tuple(hw) != tuple(expected)]
-    if not bad:
-        return
-    eh, ew = expected
-    shown = "; ".join(f"{p} is {h}x{w}" for p, (h, w) in bad[:5])
-    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-    raise InputError(
-        f"{shown}{more} (H x W), but the banks were built from {eh}x{ew} images: refusing "
-        f"{len(bad)} image(s) that would be scored at another scale. Pass --resize to resize them to "
-        f"{eh}x{ew} as the prepare stage does (bilinear)"
-    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -92,10 +35,17 @@ def check_sizes(paths: list[Path], expected: tuple[int, int], skip_unreadable: b
 
 @dataclass
 class Scorer:
-    """The model (embedder, banks, scoring settings) and the card it was opened from."""
+    """The model (embedder, banks, scoring settings) and the card it was opened from. `exdd score` calls
+    `score_file` and `map_at_image_size` (an ONNX export's `serve.onnx_model.OnnxScorer` offers the same)."""
 
     card: Card
     model: ExddModel
+
+    def score_file(self, path: Path, *, resize: bool = False) -> ImageResult:
+        return score_file(self, path, resize=resize)
+
+    def map_at_image_size(self, result: ImageResult) -> np.ndarray:
+        return map_at_image_size(result)
 
 
 def _resolve_weights(weights: str, card_path: Path) -> str:
@@ -106,9 +56,9 @@ def _resolve_weights(weights: str, card_path: Path) -> str:
     return str(candidate) if candidate.exists() else weights
 
 
-def open_scorer(banks: Path, card_path: Path, device: str = "cpu") -> Scorer:
+def open_scorer(banks: Path, card_path: Path, device: str = "cpu", fusion: dict | None = None) -> Scorer:
     """Open both banks, check them against the card, rebuild the backbone and check it against the banks."""
-    card = load_card(card_path)
+    card = override_fusion(load_card(card_path), fusion)  # `fusion`: run-time overrides (lam, topk)
     card.check_preprocessing(str(card_path))
     feats = card.features
     bn, bp = Store(Path(banks) / "normal.zarr"), Store(Path(banks) / "defect.zarr")
