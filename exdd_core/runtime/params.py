@@ -329,15 +329,21 @@ def record_params_read(stage: str) -> None:
         write_text_atomic(Path(folder) / f"{stage}.json", json.dumps(params_read()) + "\n")
 
 
-def load_params(path: Path | str = "params.yaml") -> TrackedParams:
-    """Read and validate params.yaml; what the caller reads of it is recorded (see TrackedParams)."""
+def read_yaml(path: Path | str, missing: str) -> Any:
+    """The YAML document at `path`; ParamError naming the file when it is absent (`missing` says what it is
+    for) or not valid YAML. The one reader of the project's YAML files (params.yaml, paths.yaml)."""
     path = Path(path)
     if not path.is_file():
-        raise ParamError(f"{path}: params file not found")
+        raise ParamError(f"{path}: {missing}")
     try:
-        tree = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ParamError(f"{path}: not valid YAML ({e})") from e
+
+
+def load_params(path: Path | str = "params.yaml") -> TrackedParams:
+    """Read and validate params.yaml; what the caller reads of it is recorded (see TrackedParams)."""
+    tree = read_yaml(path, "params file not found")
     tracked = TrackedParams(validate(tree))
     _LOADED.append(tracked)
     return tracked

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from exdd_core.runtime.errors import ParamError
+from exdd_core.runtime.params import read_yaml
 
 PATHS_FILE = Path("paths.yaml")
 
@@ -50,12 +49,7 @@ class PipelinePaths:
 def load_paths(path: Path | str = PATHS_FILE) -> PipelinePaths:
     """paths.yaml's `paths:` mapping, every key present and a non-empty string, or ParamError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ParamError(f"{path}: not found; it names the pipeline's folders (run from the project root)")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ParamError(f"{path}: not valid YAML ({e})") from e
+    tree = read_yaml(path, "not found; it names the pipeline's folders (run from the project root)")
     given = tree.get("paths") if isinstance(tree, dict) else None
     names = [f.name for f in fields(PipelinePaths)]
     if not isinstance(given, dict):
