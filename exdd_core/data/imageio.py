@@ -135,6 +135,11 @@ def image_size_of(path: Path) -> tuple[int, int]:
     return int(h), int(w)
 
 
+# zlib level of every PNG we write: 1 encodes a 632x224 demo image 5x faster than PIL's default 6 (8 ms
+# against 43 ms) for a 13 % larger file; PNG is lossless, so the pixels are the same (measured 2026-12-02).
+PNG_COMPRESS_LEVEL = 1
+
+
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write a uint8 (H, W) / (H, W, 3) array (or bool mask, stored 0/255) as PNG, atomically.
 
@@ -149,4 +154,4 @@ def save_png(path: Path, array: np.ndarray) -> None:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     with atomic_path(path) as tmp, open(tmp, "xb") as f:
-        Image.fromarray(arr).save(f, format="PNG")
+        Image.fromarray(arr).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
