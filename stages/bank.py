@@ -9,7 +9,7 @@ import numpy as np
 
 from exdd_core.banks.build import build_bank
 from exdd_core.banks.distributed import sharded_selector
-from exdd_core.banks.holdout import calibration_ids
+from exdd_core.banks.holdout import calibration_images
 from exdd_core.banks.knn import Bank
 from exdd_core.banks.purify import defect_row_filter
 from exdd_core.features.store import Store
@@ -36,10 +36,10 @@ def main(which: str) -> str:
     features = StoreUnion([paths.store(which), paths.store(f"feedback_{which}")])
     keep, note = None, ""
     if which == "normal":  # the calibration images stay out of M_N (evaluation.calibration)
-        own = features.parts[0].images  # verdicts never change which images calibrate the threshold
-        held_out = calibration_ids(own, p["eval"]["calibration_fraction"], p["seed"])
+        held_out = calibration_images(features, p["eval"]["calibration_fraction"], p["seed"])
         keep = np.repeat([i not in held_out for i in features.images], np.diff(features.offsets))
-        note = f", {len(held_out)} of {len(own)} images held out for threshold calibration"
+        own = len(features.parts[0].images)
+        note = f", {len(held_out)} of {own} images held out for threshold calibration"
     if which == "defect":  # M_P is judged against M_N: purification and pseudo-masks (banks.purify)
         normal = Bank(Store(paths.bank("normal")).read_all(), device=device)
         f = defect_row_filter(features, normal, b["purify"], b["pseudo_top"])

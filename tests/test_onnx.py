@@ -97,6 +97,10 @@ def test_an_export_that_would_score_differently_is_refused(tmp_path: Path) -> No
     images = project(tmp_path, {"form": "tau"})
     card, out = tmp_path / "eval" / "model.json", tmp_path / "onnx"
     export_onnx(tmp_path / "banks", card, out, [images[2]])
+    from exdd_core.serve.export import open_exported
+
+    with pytest.raises(InputError, match="onnx export"):  # the torch opener refuses an ONNX folder
+        open_exported(out)
     doc = json.loads((out / "card.json").read_text())
     doc["export"]["tau_n"] *= 1.001  # the scores shift by ~1e-3 relative: beyond the tolerance
     (out / "card.json").write_text(json.dumps(doc))

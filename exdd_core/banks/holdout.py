@@ -3,6 +3,8 @@ on normals the banks never saw (evaluation.calibration; design.md, "Calibrated t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 CALIBRATION_STREAM = 0xCA11  # mixed into the seed: the held-out choice never shares a random stream
@@ -17,3 +19,11 @@ def calibration_ids(image_ids: list[str], fraction: float, seed: int) -> set[str
     k = min(n - 1, max(1, round(fraction * n)))
     pick = np.random.default_rng([int(seed), CALIBRATION_STREAM]).choice(n, k, replace=False)
     return {image_ids[int(i)] for i in pick}
+
+
+def calibration_images(normal: Any, fraction: float, seed: int) -> set[str]:
+    """`calibration_ids` of a normal feature store, chosen among its own images: of a union with the normals
+    confirmed on the line (features.store_union), among the first part's only, so verdicts never change
+    which images calibrate the threshold."""
+    own = normal.parts[0].images if hasattr(normal, "parts") else normal.images
+    return calibration_ids(own, fraction, seed)

@@ -12,6 +12,7 @@ training images leaves exactly PatchCore. No test image is ever seen.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,7 @@ def held_out_scores(
     seed: int,
     device: str = "cpu",
     head: bool = False,
-    floor_rows: list[np.ndarray] | None = None,
+    floor_rows: Iterable[np.ndarray] | None = None,
 ) -> list[HeldOut]:
     """Every held-out image of every fold, scored against banks (and, with `head`, a defect head) built
     without its fold.
@@ -224,7 +225,7 @@ def fit_final_head(
     m_n: np.ndarray,
     bank: dict[str, Any],
     seed: int,
-    floor_rows: list[np.ndarray] | None = None,
+    floor_rows: Iterable[np.ndarray] | None = None,
 ) -> tuple[DefectHead | None, dict[str, int]]:
     """The deployed defect head: every normal image of the bank against every defect row the bank stage
     keeps (purified and pseudo-masked against the full M_N `m_n`, as banks/defect.zarr's candidates),

@@ -51,8 +51,8 @@ class DefectHead:
 
     def with_floor(self, normal_blocks: Iterable[torch.Tensor | np.ndarray]) -> DefectHead:
         """The head that must exceed everything it says on normal rows (blocks of (n, d), streamed): z minus
-        the largest z over them, so relu(z) is 0 on every one of them (head_floor `calibration_max`: the rows of the held-out calibration
-        normals). Why: relu(z) of the plain head is > 0 on about half of all normal patches, and that noise
+        the largest z over them, so relu(z) is 0 on every one of them (head_floor `calibration_max`: the rows
+        of the held-out calibration normals). Why: relu(z) of the plain head is > 0 on about half of all normal patches, and that noise
         raises normal images' scores; a defect type the head never saw gains nothing to offset it, and scored
         up to 0.19 image AUROC below PatchCore on the dev suite (RESULTS §8)."""
         tops = [float(self.logits(b).max()) for b in normal_blocks if len(b)]

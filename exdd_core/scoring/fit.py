@@ -8,14 +8,14 @@ knows nothing of DVC. The stage `fit_fusion` writes the returned `Fit` to paths.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from exdd_core.banks.holdout import calibration_ids
+from exdd_core.banks.holdout import calibration_images
 from exdd_core.data.imageio import load_image, load_mask
 from exdd_core.data.records import read_manifest
 from exdd_core.features.embedder import Embedder
@@ -74,18 +74,27 @@ def _cross_fit(p: dict, inputs: FusionInputs, device: str, progress: Callable) -
 
 
 def _calibration_images(p: dict, normal: Store | StoreUnion) -> set[str]:
-    """The held-out normal images that set the threshold: chosen among the normal store's own images, so a
-    verdict from the line never changes them."""
-    own = normal.parts[0].images if isinstance(normal, StoreUnion) else normal.images
-    return set(calibration_ids(own, p["eval"]["calibration_fraction"], p["seed"]))
+    return calibration_images(normal, p["eval"]["calibration_fraction"], p["seed"])
 
 
-def _floor_rows(p: dict, normal: Store | StoreUnion, held: set[str]) -> list[np.ndarray] | None:
-    """The rows the head is floored on (scoring.fusion.head_floor calibration_max), one block per image:
-    every patch of the held-out calibration normals, which no bank holds; None for `none` (or none held)."""
+class HeldRows:
+    """The rows of a store's `held` images, one image per block, read again on every pass: the head is
+    floored over them once per cross-fit fold and once more for the deployed head, in bounded memory."""
+
+    def __init__(self, store: Store | StoreUnion, held: set[str]) -> None:
+        self.store, o = store, store.offsets
+        self.spans = [(int(o[i]), int(o[i + 1])) for i, image in enumerate(store.images) if image in held]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.store.read_rows(a, b) for a, b in self.spans)
+
+
+def _floor_rows(p: dict, normal: Store | StoreUnion, held: set[str]) -> HeldRows | None:
+    """The rows the head is floored on (scoring.fusion.head_floor calibration_max): every patch of the
+    held-out calibration normals, which no bank holds; None for `none` (or none held)."""
     if p["scoring"]["fusion"]["head_floor"] != "calibration_max" or not held:
         return None
-    return [rows for _, image_id, rows, _ in normal.iter_images() if image_id in held]
+    return HeldRows(normal, held)
 
 
 def _known_defects(

@@ -26,7 +26,7 @@ from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.runtime.hashing import file_digest
 from exdd_core.scoring.card import Card
 from exdd_core.scoring.model import ExddModel, ScoringSettings
-from exdd_core.serve.export_card import CARD_FILE, is_export, load_exported_card, read_export  # noqa: F401
+from exdd_core.serve.export_card import CARD_FILE, read_export
 from exdd_core.serve.inference import Scorer, open_scorer
 from exdd_core.serve.inputs import override_fusion
 
@@ -81,6 +81,10 @@ def open_exported(folder: Path, device: str = "cpu", fusion: dict | None = None)
     """A Scorer from an export folder: files checked against the digests in its card."""
     folder = Path(folder)
     card, export = read_export(folder)
+    if export.get("format", "torch") != "torch":
+        raise InputError(
+            f"{folder}: an {export['format']} export; `exdd score --model` opens it without torch"
+        )
     card = override_fusion(card, fusion)  # run-time overrides (lam, topk)
     card.check_preprocessing(str(folder / CARD_FILE))
     for key in ("backbone", "banks"):

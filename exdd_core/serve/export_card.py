@@ -28,7 +28,3 @@ def read_export(folder: Path) -> tuple[Card, dict]:
             f"{card_path}: not an exdd export (no `export` block); use `exdd export` to make one"
         )
     return Card.from_dict(data, str(card_path)), export
-
-
-def load_exported_card(folder: Path) -> Card:
-    return read_export(folder)[0]

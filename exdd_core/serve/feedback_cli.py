@@ -82,10 +82,7 @@ def cmd_list(args: argparse.Namespace) -> str:
         if in_banks is None
         else f"the banks learned {in_banks['defect']} defect and {in_banks['normal']} normal"
     )
-    behind = in_banks is not None and (in_banks["defect"], in_banks["normal"]) != (
-        counts["defect"],
-        counts["normal"],
-    )
+    behind = in_banks is not None and in_banks != counts
     return f"{counts['defect']} defect and {counts['normal']} normal verdict(s) in {args.to}; {banks}" + (
         " (run `dvc repro` to learn the rest)" if behind else ""
     )

@@ -75,9 +75,11 @@ def export_onnx(banks: Path, card_path: Path, out: Path, check_images: list[Path
                 graph, (dummy,), str(tmp / FILES["graph"]), input_names=["image"], output_names=["rows"],
                 opset_version=OPSET, dynamo=False,
             )  # fmt: skip
-        for name in ("normal", "defect"):
-            np.save(tmp / FILES[name], np.ascontiguousarray(Store(Path(banks) / f"{name}.zarr").features[:]))
-        bank_rows = {k: int(np.load(tmp / FILES[k], mmap_mode="r").shape[0]) for k in ("normal", "defect")}
+        bank_rows = {}
+        for name in ("normal", "defect"):  # the stores' own precision: the rows evaluate scored with
+            rows = np.ascontiguousarray(Store(Path(banks) / f"{name}.zarr").features[:])
+            np.save(tmp / FILES[name], rows)
+            bank_rows[name] = len(rows)
         export = {
             "format": "onnx",
             **{f"{k}_sha256": file_digest(tmp / name) for k, name in FILES.items()},
@@ -87,6 +89,7 @@ def export_onnx(banks: Path, card_path: Path, out: Path, check_images: list[Path
             "tau_p": float(model.tau_p),
             "opset": OPSET,
         }
+        # the card first without `parity`: the ONNX scorer of the check opens the folder as a user would
         (tmp / CARD_FILE).write_text(json.dumps({**card.to_dict(), "export": export}, indent=2) + "\n")
         export["parity"] = check_parity(scorer, OnnxScorer(tmp), images)
         (tmp / CARD_FILE).write_text(json.dumps({**card.to_dict(), "export": export}, indent=2) + "\n")

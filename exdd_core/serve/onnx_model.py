@@ -27,7 +27,7 @@ from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.runtime.hashing import file_digest
 from exdd_core.scoring.card import Card
 from exdd_core.scoring.maps import anomaly_map, upsample
-from exdd_core.serve.export_card import CARD_FILE, read_export
+from exdd_core.serve.export_card import read_export
 from exdd_core.serve.inputs import check_sizes, override_fusion
 
 FILES = {"graph": "embed.onnx", "normal": "normal.npy", "defect": "defect.npy"}
@@ -59,7 +59,6 @@ class OnnxResult:
     grid_map: np.ndarray
     image: np.ndarray | None = None
     resized: bool = False
-    sigma: float = 2.0
 
     @property
     def patchcore(self) -> float:
@@ -121,7 +120,7 @@ class OnnxScorer:
         fused = float(flat[: max(1, min(self.topk, flat.size))].mean())
         mode = self.card.scoring["mode"]
         scores = {mode: fused, "fused": fused, "patchcore": float(d_n.max())}
-        return OnnxResult(scores, grid_map.reshape(self.card.grid).astype(np.float32), sigma=self._sigma())
+        return OnnxResult(scores, grid_map.reshape(self.card.grid).astype(np.float32))
 
     def _evidence(self, rows: np.ndarray, d_n: np.ndarray) -> np.ndarray:
         """The defect evidence g >= 0 of the card's form (scoring.fusion.defect_evidence)."""
@@ -133,9 +132,6 @@ class OnnxScorer:
         if self.form == "tau":
             return np.maximum(1.0 - d_p / self.tau_p, 0.0)
         return np.maximum(d_n - d_p, 0.0) / self.tau_n  # margin
-
-    def _sigma(self) -> float:
-        return float(self.card.scoring.get("sigma", 2.0))
 
     def score_file(self, path: Path, *, resize: bool = False) -> OnnxResult:
         size = self.card.image_size
@@ -149,17 +145,10 @@ class OnnxScorer:
 
     def map_at_image_size(self, result: OnnxResult) -> np.ndarray:
         """The fused map at the scored size (smoothed as evaluate's), bilinear to the file's size if resized."""
-        amap = anomaly_map(result.grid_map, self.card.image_size, result.sigma)
+        amap = anomaly_map(result.grid_map, self.card.image_size, float(self.card.scoring["sigma"]))
         if not result.resized or result.image is None:
             return amap
         return upsample(amap, result.image.shape[:2])
-
-
-def is_onnx_export(folder: Path) -> bool:
-    try:
-        return (Path(folder) / CARD_FILE).is_file() and read_export(folder)[1].get("format") == "onnx"
-    except InputError:
-        return False
 
 
 def describe(card: Card, export: dict[str, Any]) -> str:
