@@ -25,8 +25,10 @@ from exdd_core.runtime import InputError, MismatchError
 from exdd_core.runtime.choices import RATIO_MODES as MODES
 from exdd_core.scoring import ExddModel, ScoringSettings
 from exdd_core.scoring.card import Card, build_card, load_card, write_card
-from exdd_core.serve.cli import _overlay_names, build_parser, main
-from exdd_core.serve.inference import check_sizes, expand_inputs, open_scorer, score_file
+from exdd_core.serve.cli import build_parser, main
+from exdd_core.serve.inference import open_scorer
+from exdd_core.serve.inputs import check_sizes, expand_inputs
+from exdd_core.serve.score_loop import overlay_names
 from tests.tiny_project import exdd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +90,7 @@ def test_scorer_gives_the_library_scores_of_the_stored_rows(mini: Path) -> None:
     rows_model = ExddModel(normal, defect, ScoringSettings(neighbors=2), scorer.model.image_size, (8, 6))
     for _, image_id, rows, _ in Store(mini / "features" / "test.zarr").iter_images():
         want = rows_model.score(rows)  # the stored rows, scored without any embedder
-        got = score_file(scorer, mini / "img" / f"{image_id}.png")
+        got = scorer.score_file(mini / "img" / f"{image_id}.png")
         paper_modes = {m: got.exdd[m] for m in MODES}
         assert paper_modes == pytest.approx({m: want.exdd[m] for m in MODES}, rel=1e-6)
         m, lam = scorer.model, scorer.model.settings.fusion["lam"]
@@ -138,7 +140,7 @@ def test_inputs_and_size_refusal(mini: Path, tmp_path: Path) -> None:
     check_sizes([mini / "img" / "im0.png"], SIZE)
     with pytest.raises(InputError, match=r"big.png is 70x40.*64x48.*--resize"):
         check_sizes([mini / "img" / "im0.png", other], SIZE)
-    assert _overlay_names([Path("x/a.png"), Path("y/a.png"), Path("b.jpg")]) == ["a.png", "a-2.png", "b.png"]
+    assert overlay_names([Path("x/a.png"), Path("y/a.png"), Path("b.jpg")]) == ["a.png", "a-2.png", "b.png"]
 
 
 def test_cli_score_and_info_in_process(mini: Path, tmp_path: Path, capsys) -> None:

@@ -152,3 +152,18 @@ def test_upsample_and_gaussian_map():
     assert len(np.unique(q)) <= 256
     with pytest.raises(ValueError, match="sigma"):
         anomaly_map(g, (4, 6), sigma=-1)
+
+
+def test_only_the_strategies_asked_for_give_the_same_scores():
+    """`exdd score` asks for the reported mode and PatchCore only; they equal the full scoring's."""
+    rng = np.random.default_rng(11)
+    normal = rng.standard_normal((120, 8)).astype(np.float32)
+    defect = (rng.standard_normal((40, 8)) + 2).astype(np.float32)
+    model = ExddModel(normal, defect, ScoringSettings(neighbors=2), (32, 24), (4, 3))
+    rows = rng.standard_normal((12, 8)).astype(np.float32)
+    full, part = model.score(rows), model.score(rows, ("fused", "patchcore"))
+    assert set(part.scores) == {"fused", "patchcore"} and part.ratio_map is None
+    assert part.scores == {k: full.scores[k] for k in ("fused", "patchcore")}
+    assert np.array_equal(part.exdd_map(), full.exdd_map())
+    with pytest.raises(ValueError, match="unknown strategies"):
+        model.score(rows, ("fused", "nope"))

@@ -72,6 +72,11 @@ def _resize(arr: np.ndarray, size: tuple[int, int] | None, resample: Image.Resam
     return np.asarray(Image.fromarray(arr).resize((w, h), resample=resample))
 
 
+def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An image already loaded, resized as `load_image(path, size)` resizes it (bilinear)."""
+    return _resize(arr, size, Image.Resampling.BILINEAR)
+
+
 def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Load any image as uint8 (H, W, 3), resized bilinearly to `size` = (H, W) when given."""
     path = Path(path)

@@ -10,7 +10,7 @@ through it, so the chain exists once (docs/design.md, "Scoring"):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +72,9 @@ class ImageResult:
 
     scores: dict[str, float]  # every ExDD mode (SCORE_MODES), patchcore, patchcore_reweighted
     normal_map: np.ndarray  # (h, w) d_N: PatchCore's map
-    ratio_map: np.ndarray  # (h, w) the paper's ratio (eq. 23); d_N with an empty defect bank
-    fused_map: np.ndarray  # (h, w) d_N / tau_N + lam * defect evidence
+    ratio_map: np.ndarray | None  # (h, w) the paper's ratio (eq. 23); d_N with an empty defect bank; None
+    # when `only` asked for no ratio mode
+    fused_map: np.ndarray | None  # (h, w) d_N / tau_N + lam * defect evidence; None when `only` left it out
     defect_map: np.ndarray | None  # (h, w) d_P; None with an empty defect bank
     # the defect bank was empty: every ExDD score is PatchCore's (design.md, "Empty defect bank")
     fallback: bool
@@ -96,9 +97,12 @@ class ImageResult:
     def exdd_map(self) -> np.ndarray:
         """The ExDD map of the reported mode at image size: the fused map for `fused`, else the ratio map."""
         s = self.model.settings
+        grid = self.fused_map if s.mode == "fused" else self.ratio_map
+        if grid is None:
+            raise ValueError(f"the {s.mode} map was not computed: score with `only` including {s.mode!r}")
         if s.mode == "fused":
-            return anomaly_map(self.fused_map, self.model.image_size, s.sigma)
-        return anomaly_map(self.ratio_map, self.model.image_size, s.sigma, quantize_8bit=s.map_8bit)
+            return anomaly_map(grid, self.model.image_size, s.sigma)
+        return anomaly_map(grid, self.model.image_size, s.sigma, quantize_8bit=s.map_8bit)
 
     def patchcore_map(self) -> np.ndarray:
         return anomaly_map(self.normal_map, self.model.image_size, self.model.settings.sigma)
@@ -197,9 +201,9 @@ class ExddModel:
             raise MismatchError(f"{rows.shape[0]} patch rows != the banks' grid {h}x{w}")
         return rows
 
-    def score_image(self, image: np.ndarray) -> ImageResult:
+    def score_image(self, image: np.ndarray, only: Collection[str] | None = None) -> ImageResult:
         """One image, uint8 (H, W, 3) at `image_size`: embed it, then score its rows."""
-        return self.score(self.embed(image))
+        return self.score(self.embed(image), only)
 
     def score_store(
         self, store: Store, lo: int = 0, hi: int | None = None, progress: Callable = lambda it, d, n: it
@@ -221,16 +225,22 @@ class ExddModel:
             out.maps_pc[i - lo] = scored.patchcore_map()
         return out
 
-    def score(self, rows: np.ndarray) -> ImageResult:
+    def score(self, rows: np.ndarray, only: Collection[str] | None = None) -> ImageResult:
         """Score one image's patch rows (h*w, d), in the banks' feature space and row order: nearest
-        neighbours in both banks once (the evidence), then every strategy."""
+        neighbours in both banks once (the evidence), then every strategy, or those named in `only` (SCORE_KEYS;
+        the line scores two: the paper's ratio modes would cost each image the reweighting of every patch)."""
         s = self.settings
         x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=self.normal.bank.device)
         z = self.head.logits(x).cpu() if self.head is not None and s.fusion["form"] == "head" else None
         ev = Evidence(x, self.grid, self.normal, self.defect, s.eps, s.map_reweight, z)
         scores, maps = {}, {}
+        if only is not None and not set(only) <= set(SCORE_KEYS):
+            raise ValueError(
+                f"only: unknown strategies {sorted(set(only) - set(SCORE_KEYS))}; known {SCORE_KEYS}"
+            )
         for strategy in self.strategies:
-            scores[strategy.name], maps[strategy.name] = strategy(ev)
-        return ImageResult(
-            scores, ev.normal_map, ev.ratio_map, maps["fused"], ev.defect_map, ev.fallback, self
-        )
+            if only is None or strategy.name in only:
+                scores[strategy.name], maps[strategy.name] = strategy(ev)
+        fused = maps["fused"] if "fused" in maps else None
+        ratio = ev.ratio_map if only is None or set(only) & {*RATIO_MODES} else None
+        return ImageResult(scores, ev.normal_map, ratio, fused, ev.defect_map, ev.fallback, self)

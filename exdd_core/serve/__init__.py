@@ -3,4 +3,4 @@
 
 from exdd_core.runtime.lazy import lazy_surface
 
-__all__, __getattr__ = lazy_surface(__name__, "Scorer export_model main open_exported open_scorer score_file")
+__all__, __getattr__ = lazy_surface(__name__, "Scorer export_model main open_exported open_scorer")

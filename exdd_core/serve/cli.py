@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from exdd_core.runtime.choices import DEVICES, SCORE_MODES
 from exdd_core.runtime.errors import ExddError, InputError
-from exdd_core.runtime.runlog import FALLBACK_NOTE, log, run_stage, setup_logging, track
+from exdd_core.runtime.runlog import FALLBACK_NOTE, log, run_stage, setup_logging
 from exdd_core.serve import feedback_cli, info_cli
 
 if TYPE_CHECKING:  # the CLI imports torch only when a command needs it
@@ -29,22 +29,10 @@ if TYPE_CHECKING:  # the CLI imports torch only when a command needs it
 DEFAULT_OUT = Path("scored")
 TORCH_STACK = ("torch", "torchvision", "timm", "zarr", "safetensors", "sklearn", "onnx")
 CHECK_IMAGES = 8  # images an ONNX export is checked on by default
-SCORE_COLUMNS = ("image", "exdd", "patchcore", "decision", "threshold", "overlay", "error")
 
 
 # --------------------------------------------------------------------------------------------------------
 # score
-
-
-def _overlay_names(paths: list[Path]) -> list[str]:
-    """One PNG name per input, the image's stem, made unique when two folders hold the same name."""
-    seen: dict[str, int] = {}
-    names = []
-    for p in paths:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        names.append(f"{p.stem}.png" if n == 0 else f"{p.stem}-{n + 1}.png")
-    return names
 
 
 def _threshold(args: argparse.Namespace, card: Card, mode: str) -> float | None:
@@ -99,80 +87,10 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
     return card, card_path, scorer, device, (args.model if exported else args.banks)
 
 
-def _score_one(
-    scorer: Any, path: Path, name: str, args: argparse.Namespace, mode: str, thr: float | None, card: Card
-) -> tuple[dict[str, Any], bool]:
-    """One image: its scores.csv row (and overlay, unless --no-overlays), and whether it was resized."""
-    from exdd_core.data.imageio import save_png
-    from exdd_core.evaluation.overlay import annotate, overlay
-
-    scored = scorer.score_file(path, resize=args.resize)
-    s = scored.scores[mode]
-    decision = "" if thr is None else ("defective" if s >= thr else "normal")
-    if not args.no_overlays:
-        lo, hi = card.map_range
-        over = overlay(scored.image, scorer.map_at_image_size(scored), lo, hi)
-        thr_text = "none" if thr is None else f"{thr:.4g}"
-        lines = [path.name, f"ExDD ({mode}) {s:.4g}, thr {thr_text}", f"-> {decision or 'no threshold'}"]
-        save_png(args.out / "overlays" / name, annotate(over, lines, lo, hi, font_size=12))
-    row = {
-        "image": str(path),
-        # repr: the shortest text that reads back as the same float, so a score equal to the threshold
-        # (the F1-optimal threshold is a test image's score) stays equal in the CSV
-        "exdd": repr(float(s)),
-        "patchcore": repr(float(scored.patchcore)),
-        "decision": decision,
-        "threshold": "" if thr is None else repr(float(thr)),
-        "overlay": "" if args.no_overlays else f"overlays/{name}",
-    }
-    return row, scored.resized
-
-
-def _score_all(
-    scorer: Any, paths: list[Path], args: argparse.Namespace, mode: str, thr: float | None, card: Card
-) -> tuple[list[dict[str, Any]], int, int]:
-    """Score every image not already in a resumed scores.csv, appending each row as it is scored; an image
-    that cannot be scored gets a row with its error (or, with --fail-fast, stops the run). Returns every row,
-    how many images were resized and how many failed."""
-    from exdd_core.serve.line_csv import ScoresCsv
-
-    paths = list(dict.fromkeys(paths))  # an image given twice is scored once
-    names, thr_text = {str(p) for p in paths}, "" if thr is None else repr(float(thr))
-    scores = ScoresCsv(
-        args.out / "scores.csv",
-        SCORE_COLUMNS,
-        args.resume,
-        keep=lambda r: r["image"] in names and r["threshold"] == thr_text,
-    )
-    if scores.done:
-        log.info("--resume: %d images already scored in %s", len(scores.done), scores.partial)
-    todo = [(p, n) for p, n in zip(paths, _overlay_names(paths), strict=True) if str(p) not in scores.done]
-    rows, resized, failed = list(scores.kept), 0, 0
-    try:
-        for path, name in track(todo, "score", len(todo)):
-            try:
-                row, was_resized = _score_one(scorer, path, name, args, mode, thr, card)
-            except ExddError as e:  # an image that cannot be read or scored; write errors still stop the run
-                if args.fail_fast:
-                    log.error(
-                        "--fail-fast: stopped at %s; the rows scored so far are in %s", path, scores.partial
-                    )
-                    raise
-                log.warning("%s: not scored: %s", path, e)
-                row, was_resized = {"image": str(path), "error": str(e)}, False
-                failed += 1
-            scores.add(row)
-            rows.append(row)
-            resized += was_resized
-    finally:
-        scores.close()
-    scores.publish()
-    return rows, resized, failed
-
-
 def cmd_score(args: argparse.Namespace) -> str:
     """Score every image; refuse size mismatches up front (before loading the backbone) unless --resize."""
     from exdd_core.serve.inputs import expand_inputs
+    from exdd_core.serve.score_loop import LineRun, score_folder_rows
 
     paths = expand_inputs(args.images)
     card, card_path, scorer, device, banks = _open(args, paths)
@@ -192,7 +110,10 @@ def cmd_score(args: argparse.Namespace) -> str:
     if scorer.model.fallback:
         log.warning(FALLBACK_NOTE)
     out: Path = args.out
-    rows, resized, failed = _score_all(scorer, paths, args, mode, thr, card)
+    run = LineRun(
+        mode, thr, card, args.resize, None if args.no_overlays else out / "overlays", args.fail_fast
+    )
+    rows, resized, failed = score_folder_rows(scorer, paths, args, run)
     flagged = sum(r.get("decision") == "defective" for r in rows)
     note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""
     if failed:

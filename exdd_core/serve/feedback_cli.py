@@ -28,7 +28,7 @@ def default_folder() -> Path:
 def cmd_add(args: argparse.Namespace) -> str:
     from exdd_core.data.feedback import add_verdicts
     from exdd_core.scoring.card import load_card
-    from exdd_core.serve.inference import expand_inputs, find_card
+    from exdd_core.serve.inputs import expand_inputs, find_card
 
     verdict = "defect" if args.defect else "normal"
     images = expand_inputs(args.defect or args.normal)

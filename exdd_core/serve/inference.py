@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from exdd_core.data.imageio import load_image
 from exdd_core.features.embedder import Embedder, make_extractor
 from exdd_core.features.store import Store, check_compatible
 from exdd_core.runtime.choices import NAMED_WEIGHTS
 from exdd_core.scoring.card import Card, load_card
 from exdd_core.scoring.maps import upsample
 from exdd_core.scoring.model import ExddModel, ImageResult, ScoringSettings
-from exdd_core.serve.inputs import check_sizes, expand_inputs, find_card, override_fusion  # noqa: F401
+from exdd_core.serve.inputs import LoadedImage, load_for_scoring, override_fusion
 
 # Keys of the rebuilt extractor's provenance that must equal the banks' (a changed weights file shows here).
 EXTRACTOR_KEYS = ("backbone", "weights_id", "layers", "channels", "patch_size", "aggregation")
@@ -41,8 +40,16 @@ class Scorer:
     card: Card
     model: ExddModel
 
-    def score_file(self, path: Path, *, resize: bool = False) -> ImageResult:
-        return score_file(self, path, resize=resize)
+    def score_file(
+        self, path: Path, *, resize: bool = False, only: tuple[str, ...] | None = None
+    ) -> ImageResult:
+        return self.score_loaded(load_for_scoring(path, self.model.image_size, resize), only)
+
+    def score_loaded(self, loaded: LoadedImage, only: tuple[str, ...] | None = None) -> ImageResult:
+        """An image read by `serve.inputs.load_for_scoring`; `only`: the strategies to compute (all if None)."""
+        result = self.model.score_image(loaded.at_size, only)
+        result.image, result.resized = loaded.original, loaded.resized
+        return result
 
     def map_at_image_size(self, result: ImageResult) -> np.ndarray:
         return map_at_image_size(result)
@@ -79,18 +86,6 @@ def open_scorer(banks: Path, card_path: Path, device: str = "cpu", fusion: dict 
     settings = ScoringSettings.from_params(card.scoring)
     embedder = Embedder.for_stores(extractor, feats)
     return Scorer(card, ExddModel.from_stores(bn, bp, settings, device, embedder=embedder))
-
-
-def score_file(scorer: Scorer, path: Path, *, resize: bool = False) -> ImageResult:
-    """Load, (optionally) resize, embed and score one image file; the result keeps the image as loaded."""
-    size = scorer.model.image_size
-    original = load_image(path)
-    resized = original.shape[:2] != size
-    if resized and not resize:
-        check_sizes([Path(path)], size)
-    result = scorer.model.score_image(load_image(path, size) if resized else original)
-    result.image, result.resized = original, resized
-    return result
 
 
 def map_at_image_size(result: ImageResult) -> np.ndarray:

@@ -3,9 +3,12 @@ sizes. Torch-free, so the ONNX path (`serve.onnx_model`) shares it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from exdd_core.data.imageio import image_size_of
+import numpy as np
+
+from exdd_core.data.imageio import image_size_of, load_image, resize_image
 from exdd_core.runtime.choices import IMAGE_SUFFIXES
 from exdd_core.runtime.errors import InputError
 from exdd_core.scoring.card import CARD_NAME, Card
@@ -70,3 +73,23 @@ def override_fusion(card: Card, fusion: dict | None) -> Card:
     if fusion:
         card.scoring = {**card.scoring, "fusion": {**card.scoring["fusion"], **fusion}}
     return card
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image file read for scoring: as in the file (overlays are drawn on it), and at the banks' size."""
+
+    path: Path
+    original: np.ndarray  # uint8 (H, W, 3) as in the file
+    at_size: np.ndarray  # uint8 (h, w, 3) at the banks' image size
+    resized: bool
+
+
+def load_for_scoring(path: Path, size: tuple[int, int], resize: bool) -> LoadedImage:
+    """Decode once; refuse another size unless `resize` (then bilinear, as prepare resizes). Both scorers
+    (torch and ONNX) read files through this, on `exdd score`'s prefetching reader thread."""
+    original = load_image(path)
+    resized = original.shape[:2] != tuple(size)
+    if resized and not resize:
+        check_sizes([Path(path)], size)
+    return LoadedImage(Path(path), original, resize_image(original, size) if resized else original, resized)

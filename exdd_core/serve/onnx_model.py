@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from exdd_core.data.imageio import load_image
 from exdd_core.runtime.errors import InputError, MismatchError
 from exdd_core.runtime.hashing import file_digest
 from exdd_core.scoring.card import Card
 from exdd_core.scoring.maps import anomaly_map, upsample
 from exdd_core.serve.export_card import read_export
-from exdd_core.serve.inputs import check_sizes, override_fusion
+from exdd_core.serve.inputs import LoadedImage, load_for_scoring, override_fusion
 
 FILES = {"graph": "embed.onnx", "normal": "normal.npy", "defect": "defect.npy"}
 RANK_BLOCK = 4096  # bank rows per ranking block: bounds the (patches x block) float64 temporary
@@ -133,14 +132,16 @@ class OnnxScorer:
             return np.maximum(1.0 - d_p / self.tau_p, 0.0)
         return np.maximum(d_n - d_p, 0.0) / self.tau_n  # margin
 
-    def score_file(self, path: Path, *, resize: bool = False) -> OnnxResult:
-        size = self.card.image_size
-        original = load_image(path)
-        resized = original.shape[:2] != size
-        if resized and not resize:
-            check_sizes([Path(path)], size)
-        result = self.score_image(load_image(path, size) if resized else original)
-        result.image, result.resized = original, resized
+    def score_file(
+        self, path: Path, *, resize: bool = False, only: tuple[str, ...] | None = None
+    ) -> OnnxResult:
+        return self.score_loaded(load_for_scoring(path, self.card.image_size, resize), only)
+
+    def score_loaded(self, loaded: LoadedImage, only: tuple[str, ...] | None = None) -> OnnxResult:
+        """An image read by `serve.inputs.load_for_scoring` (`only` is accepted for the torch scorer's
+        interface: this one computes the fused score and PatchCore's, always)."""
+        result = self.score_image(loaded.at_size)
+        result.image, result.resized = loaded.original, loaded.resized
         return result
 
     def map_at_image_size(self, result: OnnxResult) -> np.ndarray:
