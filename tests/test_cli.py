@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from exdd_core.data import ImageRecord, save_png
@@ -170,6 +172,40 @@ def test_cli_score_and_info_in_process(mini: Path, tmp_path: Path, capsys) -> No
     assert main(["info", str(mini / "eval" / "model.json")]) == 0
     assert "thresholds" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "nothing")]) == 1
+
+
+def test_several_workers_write_the_same_rows_in_input_order(mini: Path, tmp_path: Path) -> None:
+    """Images scored at once (--workers): the same scores.csv, row for row, as one at a time, and a truncated
+    image in the middle still gets its error row in its place."""
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for i, p in enumerate(sorted((mini / "img").glob("*.png")) * 2):
+        shutil.copy(p, folder / f"{i:02d}_{p.name}")
+    (folder / "03_zz.png").write_bytes((mini / "img" / "im0.png").read_bytes()[:60])
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for workers in ("1", "3"):
+            out = tmp_path / f"w{workers}"
+            argv = [
+                "score",
+                str(folder),
+                "--banks",
+                str(mini / "banks"),
+                "--out",
+                str(out),
+                "--workers",
+                workers,
+            ]
+            with pytest.raises(SystemExit) as stop:  # the truncated image: exit status 1
+                main(argv)
+            assert stop.value.code == 1
+            outs.append(list(csv.DictReader((out / "scores.csv").open())))
+            assert all((out / r["overlay"]).is_file() for r in outs[-1] if r["overlay"])
+    finally:
+        torch.set_num_threads(threads)
+    assert outs[0] == outs[1] and len(outs[0]) == 9
+    assert [bool(r["error"]) for r in outs[1]] == [False] * 4 + [True] + [False] * 4  # 03_zz after 03_im3
 
 
 def test_help_lists_the_verbs_and_the_console_script_points_here(capsys) -> None:

@@ -11,6 +11,7 @@ The reweighting uses the b nearest neighbours of a bank entry inside its own ban
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -37,19 +38,21 @@ class ScoringBank:
         self.bank = rows if isinstance(rows, Bank | ShardedBank) else Bank(rows, device=device)
         self.b = int(neighbours)
         self._table = torch.full((len(self.bank), self.b), -1, dtype=torch.long, device=self.bank.device)
+        self._filling = threading.Lock()  # `exdd score` scores several images at once
 
     def __len__(self) -> int:
         return len(self.bank)
 
     def neighbours(self, idx: torch.Tensor) -> torch.Tensor:
         """N_b(m) for bank entries idx (n,) -> (n, b'), computing only entries not seen before."""
-        missing = torch.unique(idx[self._table[idx, 0] < 0])
-        if len(missing):
-            nn = self.bank.neighbours_of_members(missing, self.b)
-            self._table[missing, : nn.shape[1]] = nn
-            if nn.shape[1] < self.b:  # bank smaller than b+1: repeat the last neighbour
-                self._table[missing, nn.shape[1] :] = nn[:, -1:]
-        return self._table[idx]
+        with self._filling:
+            missing = torch.unique(idx[self._table[idx, 0] < 0])
+            if len(missing):
+                nn = self.bank.neighbours_of_members(missing, self.b)
+                self._table[missing, : nn.shape[1]] = nn
+                if nn.shape[1] < self.b:  # bank smaller than b+1: repeat the last neighbour
+                    self._table[missing, nn.shape[1] :] = nn[:, -1:]
+            return self._table[idx]
 
     def weights(self, queries: torch.Tensor, nn_idx: torch.Tensor, nn_dist: torch.Tensor, *, positive: bool):
         """Reweighting factor for each query patch given its nearest entry `nn_idx` at distance `nn_dist`."""

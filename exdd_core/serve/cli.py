@@ -14,6 +14,7 @@ scoring path is the library's (see exdd_core.serve.inference).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,8 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
             raise InputError("--device cuda: an ONNX export runs on onnxruntime's CPU provider here")
         if (args.mode or card.scoring["mode"]) != "fused":
             raise InputError(f"--mode {args.mode}: an ONNX export scores the fused mode (and PatchCore) only")
-        return card, card_path, OnnxScorer(args.model, fusion), "cpu (onnxruntime)", args.model
+        threads = max(1, _cpu_threads() // _workers(args, "cpu (onnxruntime)"))
+        return card, card_path, OnnxScorer(args.model, fusion, threads), "cpu (onnxruntime)", args.model
     from exdd_core.runtime.device import resolve_device
     from exdd_core.serve.export import open_exported
     from exdd_core.serve.inference import open_scorer
@@ -85,6 +87,27 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
         else open_scorer(args.banks, card_path, device, fusion)
     )
     return card, card_path, scorer, device, (args.model if exported else args.banks)
+
+
+def _cpu_threads() -> int:
+    """The CPU threads a run may use: $OMP_NUM_THREADS when set (as torch reads it), else every core."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else os.cpu_count() or 1
+
+
+def _workers(args: argparse.Namespace, device: str) -> int:
+    """Images scored at once: --workers, else one per CPU thread, each image's ops then on one thread
+    (serve/score_loop.py says why; torch is told so here, onnxruntime when its session opens); one on a GPU."""
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers}: expected >= 1")
+    if not device.startswith("cpu"):
+        return args.workers or 1
+    workers = args.workers or _cpu_threads()
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, _cpu_threads() // workers))
+    return workers
 
 
 def cmd_score(args: argparse.Namespace) -> str:
@@ -110,9 +133,8 @@ def cmd_score(args: argparse.Namespace) -> str:
     if scorer.model.fallback:
         log.warning(FALLBACK_NOTE)
     out: Path = args.out
-    run = LineRun(
-        mode, thr, card, args.resize, None if args.no_overlays else out / "overlays", args.fail_fast
-    )
+    overlays = None if args.no_overlays else out / "overlays"
+    run = LineRun(mode, thr, card, args.resize, overlays, args.fail_fast, _workers(args, device))
     rows, resized, failed = score_folder_rows(scorer, paths, args, run)
     flagged = sum(r.get("decision") == "defective" for r in rows)
     note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""
@@ -211,6 +233,12 @@ def _add_score(sub: Any) -> None:
     )
     sc.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
     sc.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
+    sc.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="images scored at once (default: one per CPU thread torch uses, each on one thread; 1 on a GPU)",
+    )
     sc.add_argument(
         "--fail-fast",
         action="store_true",

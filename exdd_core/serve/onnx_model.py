@@ -67,7 +67,8 @@ class OnnxResult:
 class OnnxScorer:
     """An ONNX export opened for scoring: the graph in onnxruntime, the banks as arrays, the card."""
 
-    def __init__(self, folder: Path, fusion: dict | None = None) -> None:
+    def __init__(self, folder: Path, fusion: dict | None = None, threads: int | None = None) -> None:
+        """`threads`: onnxruntime's intra-op threads (None: its default, every core)."""
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -83,6 +84,8 @@ class OnnxScorer:
                 )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(
             str(folder / FILES["graph"]), opts, providers=["CPUExecutionProvider"]
         )

@@ -1,10 +1,11 @@
-"""`exdd score`'s loop over a folder, as a line runs it: decoding, scoring and writing overlap.
+"""`exdd score`'s loop over a folder, as a line runs it: one image per core.
 
-    reader thread:  decode image i + 1, i + 2 (PIL releases the GIL)      -> LoadedImage
-    main thread:    backbone + nearest neighbours of image i               -> scores
-    writer thread:  map at image size, overlay, PNG of image i - 1, ...    -> overlays/, then its scores.csv row
+Each of `workers` threads takes an image through decode, scoring and its overlay PNG; torch runs each
+image's ops on one thread. On a 2-core CPU two images at once, one thread each, are 1.6x the images/s of one
+image on two threads (benchmarks/score_rate.py): the small convolutions of a line backbone split badly across
+threads, while decoding, nearest neighbours and PNG encoding (which release the GIL) fill the gaps.
 
-A row is appended to scores.csv only once its overlay is on disk (in input order), so a killed run's
+Rows reach scores.csv in input order, each once its overlay is on disk, so a killed run's
 `scores.csv.partial` never lists an overlay that is not there and `--resume` redoes exactly the missing
 images. The scorer computes only the strategies the CSV and the overlay show (`ExddModel.score(only=...)`).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +23,18 @@ from typing import Any
 from exdd_core.runtime.errors import ExddError
 from exdd_core.runtime.runlog import log, track
 from exdd_core.scoring.card import Card
-from exdd_core.serve.inputs import LoadedImage, load_for_scoring
+from exdd_core.serve.inputs import load_for_scoring
 
 SCORE_COLUMNS = ("image", "exdd", "patchcore", "decision", "threshold", "overlay", "error")
-# Images decoded ahead of the one being scored: enough to hide a decode behind a backbone pass.
-PREFETCH = 2
-# Overlays queued for the writer before scoring waits for it: bounds memory (an image and its map each).
-PENDING_WRITES = 4
+# Images in flight per worker (running or queued): keeps every worker busy while the rows are written in
+# order, and bounds memory (an image and its maps each).
+IN_FLIGHT = 2
 
 
 @dataclass
 class LineRun:
-    """What one `exdd score` run scores with: the mode reported, its threshold (None: no decisions), the card."""
+    """How one `exdd score` run scores: the mode reported, its threshold (None: no decisions), the card, and
+    what to write; `workers` images at once (`score_paths`)."""
 
     mode: str
     thr: float | None
@@ -41,6 +42,7 @@ class LineRun:
     resize: bool
     overlays: Path | None  # folder for the overlay PNGs; None with --no-overlays
     fail_fast: bool
+    workers: int = 1  # images scored at once
 
 
 def overlay_names(paths: list[Path]) -> list[str]:
@@ -73,7 +75,7 @@ def _decision(score: float, thr: float | None) -> str:
 
 
 def _write_overlay(scorer: Any, scored: Any, path: Path, name: str, run: LineRun) -> None:
-    """The heatmap overlay PNG of one scored image, at the file's own size (on the writer thread)."""
+    """The heatmap overlay PNG of one scored image, at the file's own size."""
     from exdd_core.data.imageio import save_png
     from exdd_core.evaluation.overlay import annotate, overlay
 
@@ -86,68 +88,49 @@ def _write_overlay(scorer: Any, scored: Any, path: Path, name: str, run: LineRun
     save_png(run.overlays / name, annotate(over, lines, *lo_hi, font_size=12))
 
 
-def _prefetched(
-    todo: list[tuple[Path, str]], reader: ThreadPoolExecutor, size: tuple[int, int], resize: bool
-) -> Iterator[tuple[Path, str, Future[LoadedImage]]]:
-    """The inputs with their decode submitted PREFETCH images ahead of the consumer."""
-    queue: deque[tuple[Path, str, Future[LoadedImage]]] = deque()
-    items = iter(todo)
-    while True:
-        while len(queue) <= PREFETCH:
-            item = next(items, None)
-            if item is None:
-                break
-            queue.append((*item, reader.submit(load_for_scoring, item[0], size, resize)))
-        if not queue:
-            return
-        yield queue.popleft()
-
-
 def score_paths(
-    scorer: Any, todo: list[tuple[Path, str]], run: LineRun, add_row: Any
+    scorer: Any, todo: list[tuple[Path, str]], run: LineRun, add_row: Callable[[dict[str, Any]], None]
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Score `todo` (path, overlay name) in order; `add_row(row)` appends each row (after its overlay is
-    written). An image that cannot be read or scored gets a row with its error (or, with fail_fast, stops the
+    """Score `todo` (path, overlay name) on `run.workers` threads; `add_row(row)` appends each row, in input
+    order. An image that cannot be read or scored gets a row with its error (or, with fail_fast, stops the
     run); write errors always stop it. Returns the rows, how many images were resized and how many failed."""
     only = tuple(dict.fromkeys((run.mode, run.card.scoring["mode"], "patchcore")))
-    rows: list[dict[str, Any]] = []
-    pending: deque[tuple[dict[str, Any], Future[None] | None]] = deque()
-    resized = failed = 0
 
-    def flush(keep: int) -> None:
-        while len(pending) > keep:
-            row, write = pending.popleft()
-            if write is not None:
-                write.result()  # a failed overlay write raises here and stops the run
-            add_row(row)
-            rows.append(row)
-
-    with (
-        ThreadPoolExecutor(1, thread_name_prefix="exdd-read") as reader,
-        ThreadPoolExecutor(1, thread_name_prefix="exdd-write") as writer,
-    ):
+    def one(path: Path, name: str) -> tuple[dict[str, Any], bool, bool]:
         try:
-            for path, name, loading in track(
-                _prefetched(todo, reader, run.card.image_size, run.resize), "score", len(todo)
-            ):
-                try:
-                    scored = scorer.score_loaded(loading.result(), only)
-                except ExddError as e:  # an image that cannot be read or scored
-                    if run.fail_fast:
-                        log.error("--fail-fast: stopped at %s", path)
-                        raise
-                    log.warning("%s: not scored: %s", path, e)
-                    pending.append(({"image": str(path), "error": str(e)}, None))
-                    failed += 1
-                    continue
-                resized += bool(scored.resized)
-                write = None
-                if run.overlays is not None:
-                    write = writer.submit(_write_overlay, scorer, scored, path, name, run)
-                pending.append((_row(path, name, scored, run), write))
-                flush(PENDING_WRITES)
-        finally:
-            flush(0)  # the rows before a stop are kept; a failed overlay write raises here
+            scored = scorer.score_loaded(load_for_scoring(path, run.card.image_size, run.resize), only)
+        except ExddError as e:  # an image that cannot be read or scored
+            if run.fail_fast:
+                log.error("--fail-fast: stopped at %s", path)
+                raise
+            log.warning("%s: not scored: %s", path, e)
+            return {"image": str(path), "error": str(e)}, False, True
+        if run.overlays is not None:
+            _write_overlay(scorer, scored, path, name, run)
+        return _row(path, name, scored, run), bool(scored.resized), False
+
+    rows: list[dict[str, Any]] = []
+    resized = failed = 0
+    items = iter(todo)
+    window: deque[Future[tuple[dict[str, Any], bool, bool]]] = deque()
+    with ThreadPoolExecutor(run.workers, thread_name_prefix="exdd-score") as pool:
+
+        def fill() -> None:
+            while len(window) < IN_FLIGHT * run.workers and (item := next(items, None)) is not None:
+                window.append(pool.submit(one, *item))
+
+        try:
+            fill()
+            for _ in track(range(len(todo)), "score", len(todo)):
+                row, was_resized, was_failed = window.popleft().result()
+                add_row(row)
+                rows.append(row)
+                resized, failed = resized + was_resized, failed + was_failed
+                fill()
+        except BaseException:
+            for waiting in window:
+                waiting.cancel()
+            raise
     return rows, resized, failed
 
 
