@@ -62,6 +62,9 @@ def store_attrs(
         "dtype": features["dtype"],
         "device": extractor.device,
         "autocast": extractor.autocast,  # fp16 activations were used (CUDA only)
+        # the input normalisation applied (the card records it without importing timm to look it up again)
+        "input_mean": list(extractor.stats[0]),
+        "input_std": list(extractor.stats[1]),
         "source_manifests": {str(p): file_digest(p) for p in manifests},
     }
 
