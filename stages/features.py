@@ -1,37 +1,43 @@
-"""Stages features_normal / features_defect / features_test / features_feedback_{normal,defect}: backbone patch
-features -> paths.features/<which>.zarr.
+"""Stages features_normal / features_defect / features_test / features_feedback: backbone patch features ->
+paths.features/<which>.zarr. features_feedback embeds both kinds of verdicts from the line (feedback_normal.zarr,
+feedback_defect.zarr) with one backbone: a handful of images, not worth a process (and its ~3 s of imports)
+each.
 
-Usage: python stages/features.py normal|defect|test|feedback_normal|feedback_defect
+Usage: python stages/features.py normal|defect|test|feedback
 """
 
 import sys
+from pathlib import Path
 
 from exdd_core.data.records import read_manifest
 from exdd_core.features.embedder import Embedder
 from exdd_core.features.extract import write_store
 from exdd_core.runtime import distributed
 from exdd_core.runtime.device import resolve_device
+from exdd_core.runtime.distributed import Ranks
 from exdd_core.runtime.errors import ParamError
-from exdd_core.runtime.params import load_params
-from exdd_core.runtime.paths import load_paths
+from exdd_core.runtime.params import TrackedParams, load_params
+from exdd_core.runtime.paths import PipelinePaths, load_paths
 from exdd_core.runtime.runlog import FALLBACK_NOTE, log, track
+
+KINDS = ("normal", "defect", "test", "feedback")
+
+
+def manifests_of(which: str, paths: PipelinePaths) -> list[Path]:
+    if which == "normal":
+        return [paths.manifest("train_normal")]
+    if which == "defect":
+        return [paths.manifest("train_defective"), paths.synthetic / "manifest.csv"]
+    if which == "test":
+        return [paths.manifest("test")]
+    # verdicts from the line (exdd feedback add)
+    return [paths.verdicts(which.split("_")[1]) / "manifest.csv"]
 
 
 def main(which: str) -> str:
+    if which not in KINDS:
+        raise ParamError(f"features stage: expected one of {', '.join(KINDS)}, got {which!r}")
     p, paths = load_params(), load_paths()
-    if which == "normal":
-        manifests = [paths.manifest("train_normal")]
-    elif which == "defect":
-        manifests = [paths.manifest("train_defective"), paths.synthetic / "manifest.csv"]
-    elif which == "test":
-        manifests = [paths.manifest("test")]
-    elif which in ("feedback_normal", "feedback_defect"):  # verdicts from the line (exdd feedback add)
-        manifests = [paths.verdicts(which.split("_")[1]) / "manifest.csv"]
-    else:
-        raise ParamError(
-            f"features stage: expected normal, defect, test, feedback_normal or feedback_defect, got {which!r}"
-        )
-    records = [r for m in manifests for r in read_manifest(m)]
     device = resolve_device(p["backbone"]["device"], "backbone.device")
     ranks = distributed.init(device)
     device = distributed.local_device(device, ranks)
@@ -46,9 +52,20 @@ def main(which: str) -> str:
     )
     if p["backbone"]["weights"] == "random":
         log.warning("random backbone weights: numbers are not comparable to the paper")
-    defects = which in ("defect", "feedback_defect")
+    stores = ("feedback_normal", "feedback_defect") if which == "feedback" else (which,)
+    said = [extract(kind, embedder, p, paths, ranks, device) for kind in stores]
+    return "; ".join(said) + f", device={device}, weights={prov['weights_id']}"
+
+
+def extract(
+    kind: str, embedder: Embedder, p: TrackedParams, paths: PipelinePaths, ranks: Ranks, device: str
+) -> str:
+    """One store: `kind`'s images through the embedder into paths.store(kind)."""
+    manifests = manifests_of(kind, paths)
+    records = [r for m in manifests for r in read_manifest(m)]
+    defects = kind in ("defect", "feedback_defect")
     selection = p["bank"]["defect_patches"] if defects else "all"
-    out = paths.store(which)
+    out = paths.store(kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = write_store(
         records,
@@ -59,7 +76,7 @@ def main(which: str) -> str:
         features=p["features"],
         seed=p["seed"],
         manifests=manifests,
-        kind=which,
+        kind=kind,
         selection=selection,
         mask_threshold=p["bank"]["mask_threshold"] if defects else None,
         progress=track,
@@ -69,9 +86,9 @@ def main(which: str) -> str:
         return f"rank {ranks.rank}: extracted its shard of {len(records)} images on {device}"
     if ranks.world > 1:
         log.info("%d ranks on %s wrote their shards into %s", ranks.world, ", ".join(summary["devices"]), out)
-    if which == "defect" and summary["rows"] == 0:
+    if kind == "defect" and summary["rows"] == 0:
         log.warning("no defect patches selected. %s", FALLBACK_NOTE)
-    return f"{out}: {summary['images']} images, {summary['rows']} rows, device={device}, weights={prov['weights_id']}"
+    return f"{out}: {summary['images']} images, {summary['rows']} rows"
 
 
 if __name__ == "__main__":
