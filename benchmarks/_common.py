@@ -128,8 +128,16 @@ def gaussian_features(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
 
 
+# Backbones the synthetic feature models are fitted to: the seeded random WRN50 (the paper's architecture, 1,536
+# dims) and the default EfficientNet-Lite0 with its ImageNet weights (layers 2 + 3: 152 dims).
+MODEL_BACKBONES = {
+    "wrn50": {"name": "wide_resnet50_2", "weights": "random", "layers": [2, 3]},
+    "lite0": {"name": "tf_efficientnet_lite0", "weights": "imagenet", "layers": [2, 3]},
+}
+
+
 def feature_model(
-    n_images: int = 16, rank: int = 64, seed: int = 0, device: str = "cpu"
+    n_images: int = 16, rank: int = 64, seed: int = 0, device: str = "cpu", backbone: str = "wrn50"
 ) -> dict[str, np.ndarray]:
     """A Gaussian model of full-size patch features, fitted to real ones: mean, top `rank` principal axes with
     their standard deviations, and an isotropic residual for the remaining variance.
@@ -140,7 +148,8 @@ def feature_model(
     spectrum but not the clusters of real features, so pruning has less to work with: benchmarks/coreset.py
     `--data fitted` measures that against the real features at the same size.
     """
-    path = CACHE / f"featmodel-wrn50random-{n_images}x632x224-r{rank}-s{seed}.npz"
+    tag = "wrn50random" if backbone == "wrn50" else backbone
+    path = CACHE / f"featmodel-{tag}-{n_images}x632x224-r{rank}-s{seed}.npz"
     if path.is_file():
         with np.load(path) as f:
             return dict(f)
@@ -149,10 +158,7 @@ def feature_model(
     from exdd_core.features.patches import to_rows
 
     ext = make_extractor(
-        {"name": "wide_resnet50_2", "weights": "random", "layers": [2, 3]},
-        {"patch_size": 3, "aggregation": "padded_bilinear"},
-        seed,
-        device,
+        MODEL_BACKBONES[backbone], {"patch_size": 3, "aggregation": "padded_bilinear"}, seed, device
     )
     rows = []
     for k in range(n_images):

@@ -1,7 +1,8 @@
-"""KSDD2 scale (issue target 2): write a 4.6 M x 1,536 feature store image by image, then build the normal bank.
+"""KSDD2 scale: write a 4.6 M-row feature store image by image, then build the normal bank.
 
-KSDD2's normal bank is every patch of 2,085 training images at 632x224: 2,085 x 2,212 = 4.6 M rows of 1,536
-floats (14 GB as float16). This writes such a store with `StoreWriter` one image at a time, exactly as the
+KSDD2's normal bank is every patch of 2,085 training images at 632x224: 2,085 x 2,212 = 4.6 M rows, of 152
+floats with the default EfficientNet-Lite0 (layers 2 + 3; 1.4 GB as float16), of 1,536 with WRN50
+(`--backbone wrn50`, 14 GB). This writes such a store with `StoreWriter` one image at a time, exactly as the
 features_normal stage does, then runs `build_bank` (projection to 128 dims, greedy k-center at ratio 0.01 ->
 ~46 k rows, gather of the selected rows), each phase in its own child process so that each one's peak RSS
 (getrusage ru_maxrss) is its own.
@@ -11,7 +12,8 @@ demo images through the seeded random WRN50 at 632x224; its spectrum, not its cl
 the coreset's pruning than real features, see RESULTS.md). Extracting 2,085 real images on this CPU would take
 hours; this is not what is measured.
 
-    .venv/bin/python benchmarks/scale.py                    # target 2 (needs ~15 GB free under /tmp)
+    .venv/bin/python benchmarks/scale.py                    # Lite0, 152 dims (needs ~2 GB free under /tmp)
+    .venv/bin/python benchmarks/scale.py --backbone wrn50   # WRN50, 1,536 dims (needs ~15 GB)
     .venv/bin/python benchmarks/scale.py --images 200       # a fraction, to try it out
 Ends with `peak_rss_gib: <x>` (the larger of the two phases).
 """
@@ -32,11 +34,11 @@ from _common import CACHE, add_device_arg, feature_model, machine, peak_rss_gib,
 GRID = (79, 28)
 
 
-def write_store(path: Path, images: int, seed: int, device: str) -> dict:
+def write_store(path: Path, images: int, seed: int, device: str, backbone: str) -> dict:
     """Phase 1: synthetic rows image by image into a StoreWriter (float16, the pipeline's default)."""
     from exdd_core.features.store import StoreWriter
 
-    model = feature_model(device=device)
+    model = feature_model(device=device, backbone=backbone)
     rng = np.random.default_rng(seed)
     rows = GRID[0] * GRID[1]
     dim = len(model["mean"])
@@ -138,6 +140,9 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.01)
     p.add_argument("--method", default="auto", choices=("auto", "plain", "pruned"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--backbone", default="lite0", choices=("lite0", "wrn50"), help="whose features the rows model"
+    )
     p.add_argument("--dir", type=Path, default=CACHE / "scale", help="where the store and bank go (deleted)")
     p.add_argument("--keep", action="store_true", help="keep the store and bank afterwards")
     p.add_argument("--phase", choices=("write", "bank"), help=argparse.SUPPRESS)
@@ -146,7 +151,7 @@ def main() -> None:
     store, bank = args.dir / "normal.zarr", args.dir / "bank.zarr"
 
     if args.phase == "write":
-        print(json.dumps(write_store(store, args.images, args.seed, device)))
+        print(json.dumps(write_store(store, args.images, args.seed, device, args.backbone)))
         return
     if args.phase == "bank":
         print(json.dumps(build(store, bank, args.ratio, args.method, device)))
@@ -154,13 +159,16 @@ def main() -> None:
 
     print(f"machine: {machine(device)}")
     free = shutil.disk_usage(args.dir.parent if args.dir.parent.exists() else "/").free / 2**30
-    need = args.images * GRID[0] * GRID[1] * 1536 * 2 / 2**30
+    dim = len(
+        feature_model(device=device, backbone=args.backbone)["mean"]
+    )  # fit and cache outside the timing
+    need = args.images * GRID[0] * GRID[1] * dim * 2 / 2**30
     print(
-        f"store: {args.images} images x {GRID[0] * GRID[1]} rows x 1536 float16 = {need:.1f} GiB; free {free:.0f} GiB"
+        f"store ({args.backbone}): {args.images} images x {GRID[0] * GRID[1]} rows x {dim} float16 = "
+        f"{need:.1f} GiB; free {free:.0f} GiB"
     )
     if need * 1.1 > free:
         sys.exit("not enough free disk for the store")
-    feature_model(device=device)  # fit (and cache) outside the timed phases
     args.dir.mkdir(parents=True, exist_ok=True)
     try:
         w = child("write", args)
