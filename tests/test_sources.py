@@ -208,3 +208,22 @@ def test_demo_written_mask_matches_render(tmp_path: Path) -> None:
     _, mask, _ = demo.render(5, "train", 1, 0, SMALL)
     assert recs[0].mask_path is not None
     assert (load_mask(recs[0].mask_path) == mask).all()
+
+
+def test_ordered_map_keeps_the_input_order_and_raises_the_first_error():
+    """prepare and the demo generator decode and encode on every core through it; the records come back in
+    input order whatever the threads finish first."""
+    import time
+
+    from exdd_core.runtime.parallel import ordered_map
+
+    def slow_first(i: int) -> int:
+        time.sleep(0.02 if i % 3 == 0 else 0.0)
+        if i == 7:
+            raise ValueError("seven")
+        return i * i
+
+    assert list(ordered_map(slow_first, range(7), threads=3)) == [i * i for i in range(7)]
+    assert list(ordered_map(slow_first, range(5), threads=1)) == [i * i for i in range(5)]
+    with pytest.raises(ValueError, match="seven"):
+        list(ordered_map(slow_first, range(10), threads=2))

@@ -19,6 +19,7 @@ from exdd_core.data.imageio import image_size_of, load_image, load_mask, save_pn
 from exdd_core.data.records import ImageRecord, write_manifest
 from exdd_core.runtime.atomic import atomic_dir
 from exdd_core.runtime.errors import InputError
+from exdd_core.runtime.parallel import ordered_map
 
 GROUPS = ("train_normal", "train_defective", "test")
 # Where a KSDD2 archive found in data.root is extracted: scratch (gitignored), outside data.root, so the
@@ -85,8 +86,8 @@ def write_prepared(
                 f"the data source has no {group.replace('_', ' ')} images; expected at least one"
             )
         with atomic_dir(out / group) as tmp:
-            prepared: list[ImageRecord] = []
-            for r in progress(recs, f"prepare {group}", len(recs)):
+
+            def normalise(r: ImageRecord, tmp: Path = tmp, group: str = group) -> ImageRecord:
                 img = load_image(r.image_path, image_size)
                 img_path = tmp / "images" / f"{r.id}.png"
                 save_png(img_path, img)
@@ -99,7 +100,10 @@ def write_prepared(
                         raise InputError(f"{r.mask_path}: defective image {r.id} has an empty mask")
                     mask_path = tmp / "masks" / f"{r.id}.png"
                     save_png(mask_path, mask.astype(np.uint8) * 255)
-                prepared.append(ImageRecord(r.id, r.split, r.label, img_path, mask_path, r.defect_type))
+                return ImageRecord(r.id, r.split, r.label, img_path, mask_path, r.defect_type)
+
+            done = ordered_map(normalise, recs)  # decode, resize, encode: on every core, in order
+            prepared = list(progress(done, f"prepare {group}", len(recs)))
             write_manifest(prepared, tmp / "manifest.csv", tmp)
         counts[group] = len(recs)
     return counts

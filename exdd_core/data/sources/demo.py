@@ -17,6 +17,7 @@ from exdd_core.data.defects import Defect, combine, random_defect
 from exdd_core.data.imageio import save_png
 from exdd_core.data.records import ImageRecord
 from exdd_core.runtime.errors import ParamError
+from exdd_core.runtime.parallel import ordered_map
 
 # (split, label) → code mixed into the seed; fixed forever, since changing it changes every image.
 GROUP_CODES = {("train", 0): 0, ("train", 1): 1, ("test", 0): 2, ("test", 1): 3}
@@ -166,17 +167,23 @@ def generate_demo(
     _check_args(seed, image_size, counts)
     shape = (int(image_size[0]), int(image_size[1]))
     out_dir = Path(out_dir)
-    records: list[ImageRecord] = []
-    for (split, label), _code in GROUP_CODES.items():
-        name = f"{split}_{GROUP_NAMES[label]}"
-        for k in range(int(counts[name])):
-            image, mask, _ = render(seed, split, label, k, shape)
-            rid = f"{name}_{k:04d}"
-            image_path = out_dir / split / f"{rid}.png"
-            save_png(image_path, image)
-            mask_path = None
-            if label:
-                mask_path = out_dir / split / f"{rid}_GT.png"
-                save_png(mask_path, mask)
-            records.append(ImageRecord(rid, split, label, image_path, mask_path))
+    jobs = [
+        (split, label, f"{split}_{GROUP_NAMES[label]}", k)
+        for (split, label), _code in GROUP_CODES.items()
+        for k in range(int(counts[f"{split}_{GROUP_NAMES[label]}"]))
+    ]
+
+    def write(job: tuple[str, int, str, int]) -> ImageRecord:
+        split, label, name, k = job
+        image, mask, _ = render(seed, split, label, k, shape)  # a function of (seed, split, label, k) alone
+        rid = f"{name}_{k:04d}"
+        image_path = out_dir / split / f"{rid}.png"
+        save_png(image_path, image)
+        mask_path = None
+        if label:
+            mask_path = out_dir / split / f"{rid}_GT.png"
+            save_png(mask_path, mask)
+        return ImageRecord(rid, split, label, image_path, mask_path)
+
+    records = list(ordered_map(write, jobs))
     return records
