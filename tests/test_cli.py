@@ -214,7 +214,30 @@ def test_help_lists_the_verbs_and_the_console_script_points_here(capsys) -> None
     text = capsys.readouterr().out
     assert "score" in text and "info" in text
     # (tomllib is 3.11+, the project supports 3.10)
-    assert 'exdd = "exdd_core.serve.cli:main"' in (REPO / "pyproject.toml").read_text()
+    assert 'exdd = "exdd_core.serve.cli:run"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_the_console_script_exits_with_main_s_status_and_flushed_output(mini: Path, tmp_path: Path) -> None:
+    """`exdd` (cli.run) skips the interpreter's teardown: the status, stdout, stderr and written files must be
+    those of `main` all the same."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "exdd_core.serve.cli", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    bad = cli("nonsense")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = cli("info", str(tmp_path / "nothing"))
+    assert missing.returncode == 1 and "nothing" in " ".join(missing.stderr.split())
+    info = cli("info", str(mini / "banks"), "--json")
+    assert info.returncode == 0 and str(mini / "banks" / "normal.zarr") in json.loads(info.stdout)
+    out = tmp_path / "scored"
+    done = cli(
+        "score", str(mini / "img"), "--banks", str(mini / "banks"), "--out", str(out), "--threshold", "1e9"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 4 and all((out / r["overlay"]).is_file() for r in rows)
 
 
 # --------------------------------------------------------------------------------------------------------

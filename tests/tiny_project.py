@@ -102,7 +102,7 @@ def build_tiny_project(root: Path, overrides: dict[str, dict] | None = None) -> 
 
 
 def exdd(args: list[str], root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The console script's code path (`exdd` = exdd_core.serve.cli:main) in a fresh process, as a user runs it."""
+    """The console script's code path (`exdd` = exdd_core.serve.cli:run) in a fresh process, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "exdd_core.serve.cli", *args],
         cwd=root,
