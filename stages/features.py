@@ -18,7 +18,7 @@ from exdd_core.runtime.distributed import Ranks
 from exdd_core.runtime.errors import ParamError
 from exdd_core.runtime.params import TrackedParams, load_params
 from exdd_core.runtime.paths import PipelinePaths, load_paths
-from exdd_core.runtime.runlog import FALLBACK_NOTE, log, track
+from exdd_core.runtime.runlog import FALLBACK_NOTE, exit_now, log, track
 
 KINDS = ("normal", "defect", "test", "feedback")
 
@@ -94,3 +94,4 @@ def extract(
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else ""
     distributed.run_stage_sharded(f"features_{which}", lambda: main(which))
+    exit_now()  # outputs committed: skip the interpreter's ~1 s teardown (runlog.exit_now)

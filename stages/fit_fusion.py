@@ -7,7 +7,7 @@ from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.device import resolve_device
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.paths import load_paths
-from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.runtime.runlog import exit_now, log, run_stage, track
 from exdd_core.scoring.fit import FusionInputs, fit_fusion
 
 
@@ -31,3 +31,4 @@ def main() -> str:
 
 if __name__ == "__main__":
     run_stage("fit_fusion", main)
+    exit_now()  # outputs committed: skip the interpreter's ~1 s teardown (runlog.exit_now)

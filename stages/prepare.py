@@ -6,7 +6,7 @@ from pathlib import Path
 from exdd_core.data.prepare import read_source, write_prepared
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.paths import load_paths
-from exdd_core.runtime.runlog import log, run_stage, track
+from exdd_core.runtime.runlog import exit_now, log, run_stage, track
 
 
 def main() -> str:
@@ -27,3 +27,4 @@ def main() -> str:
 
 if __name__ == "__main__":
     run_stage("prepare", main)
+    exit_now()  # outputs committed: skip the interpreter's ~1 s teardown (runlog.exit_now)

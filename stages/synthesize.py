@@ -8,7 +8,7 @@ from exdd_core.data.records import read_manifest
 from exdd_core.runtime import distributed
 from exdd_core.runtime.params import load_params
 from exdd_core.runtime.paths import load_paths
-from exdd_core.runtime.runlog import log, track
+from exdd_core.runtime.runlog import exit_now, log, track
 from exdd_core.synth.cache import SampleCache
 from exdd_core.synth.run import ProceduralBackend, synthesize
 
@@ -63,3 +63,4 @@ def main() -> str:
 
 if __name__ == "__main__":
     distributed.run_stage_sharded("synthesize", main)
+    exit_now()  # outputs committed: skip the interpreter's ~1 s teardown (runlog.exit_now)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -115,3 +115,15 @@ def run_stage(name: str, fn: Callable[[], str], label: str | None = None, sharde
         log.error("%s interrupted; no partial output was committed", label)
         sys.exit(130)
     log.info("%s done in %.1f s: %s", label, time.perf_counter() - t0, summary)
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End the process once its work is done and its outputs committed, without the interpreter's teardown.
+
+    Why: once torch and timm are imported, a normal exit (module teardown, the finalisers of torch._dynamo and
+    of the OpenMP pools) took ~0.9 s - in every stage of a `dvc repro` and every `exdd` command (measured:
+    `python -c "import torch, timm"` 3.96 s wall against 2.96 s of imports). Logs and stdio are flushed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
