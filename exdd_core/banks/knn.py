@@ -138,9 +138,7 @@ class Bank:
         margin = 4.0 * (self.dim + 3) * _UNIT_ROUNDOFF * scale
         unsure = torch.nonzero(ranked[:, 1] - ranked[:, 0] <= 2.0 * margin).flatten()
         if len(unsure):
-            d_u, i_u = self._rerank(q[unsure], cand[unsure], 1)
-            d, first = d.clone(), first.clone()
-            d[unsure], first[unsure] = d_u, i_u
+            d[unsure], first[unsure] = self._rerank(q[unsure], cand[unsure], 1)
         return d, first
 
     def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:

@@ -97,8 +97,8 @@ def create_backbone(spec: BackboneSpec, device: str = "cpu") -> torch.nn.Module:
     return model.eval().to(device)
 
 
-def drop_unused_stages(model: torch.nn.Module) -> tuple[str, ...]:
-    """Remove the blocks after the deepest requested stage; returns the state-dict prefixes removed.
+def drop_unused_stages(model: torch.nn.Module) -> None:
+    """Remove the blocks after the deepest requested stage.
 
     Why: timm's `features_only` EfficientNet/MobileNet (`EfficientNetFeatures`) keeps and runs every block,
     even the stride-32 stages no layer asks for; Lite0 cut at layers 2 + 3 runs 5 of its 7 blocks, so the
@@ -107,12 +107,10 @@ def drop_unused_stages(model: torch.nn.Module) -> tuple[str, ...]:
     stage_idx = getattr(model, "_stage_out_idx", None)
     blocks = getattr(model, "blocks", None)
     if not stage_idx or not isinstance(blocks, torch.nn.Sequential) or model.feature_hooks is not None:
-        return ()
+        return
     keep = max(stage_idx)  # blocks[i] feeds stage i + 1: stages up to `keep` need blocks[:keep]
-    if keep >= len(blocks):
-        return ()
-    model.blocks = blocks[:keep]
-    return tuple(f"blocks.{i}." for i in range(keep, len(blocks)))
+    if keep < len(blocks):
+        model.blocks = blocks[:keep]
 
 
 def _weights_file_keys(path: Path) -> set[str]:

@@ -15,10 +15,16 @@ R = TypeVar("R")
 MAX_THREADS = 4
 
 
+def cpu_threads() -> int:
+    """The CPU threads a run may use: $OMP_NUM_THREADS when set (as torch reads it), else every core."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else os.cpu_count() or 1
+
+
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> Iterator[R]:
-    """fn over items on `threads` threads (default: the cores, at most MAX_THREADS), yielding results in the
-    order of `items`; the first exception raised by fn is raised here."""
-    threads = threads or min(MAX_THREADS, os.cpu_count() or 1)
+    """fn over items on `threads` threads (default: `cpu_threads`, at most MAX_THREADS), yielding results in
+    the order of `items`; the first exception raised by fn is raised here."""
+    threads = threads or min(MAX_THREADS, cpu_threads())
     if threads == 1:
         yield from map(fn, items)
         return

@@ -229,15 +229,15 @@ class ExddModel:
         """Score one image's patch rows (h*w, d), in the banks' feature space and row order: nearest
         neighbours in both banks once (the evidence), then every strategy, or those named in `only` (SCORE_KEYS;
         the line scores two: the paper's ratio modes would cost each image the reweighting of every patch)."""
+        if only is not None and not set(only) <= set(SCORE_KEYS):
+            raise ValueError(
+                f"only: unknown strategies {sorted(set(only) - set(SCORE_KEYS))}; known {SCORE_KEYS}"
+            )
         s = self.settings
         x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=self.normal.bank.device)
         z = self.head.logits(x).cpu() if self.head is not None and s.fusion["form"] == "head" else None
         ev = Evidence(x, self.grid, self.normal, self.defect, s.eps, s.map_reweight, z)
         scores, maps = {}, {}
-        if only is not None and not set(only) <= set(SCORE_KEYS):
-            raise ValueError(
-                f"only: unknown strategies {sorted(set(only) - set(SCORE_KEYS))}; known {SCORE_KEYS}"
-            )
         for strategy in self.strategies:
             if only is None or strategy.name in only:
                 scores[strategy.name], maps[strategy.name] = strategy(ev)

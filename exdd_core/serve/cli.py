@@ -14,13 +14,13 @@ scoring path is the library's (see exdd_core.serve.inference).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from exdd_core.runtime.choices import DEVICES, SCORE_MODES
 from exdd_core.runtime.errors import ExddError, InputError
+from exdd_core.runtime.parallel import cpu_threads
 from exdd_core.runtime.runlog import FALLBACK_NOTE, exit_now, log, run_stage, setup_logging
 from exdd_core.serve import feedback_cli, info_cli
 
@@ -74,7 +74,7 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
             raise InputError("--device cuda: an ONNX export runs on onnxruntime's CPU provider here")
         if (args.mode or card.scoring["mode"]) != "fused":
             raise InputError(f"--mode {args.mode}: an ONNX export scores the fused mode (and PatchCore) only")
-        threads = max(1, _cpu_threads() // _workers(args, "cpu (onnxruntime)"))
+        threads = max(1, cpu_threads() // _workers(args, "cpu (onnxruntime)"))
         return card, card_path, OnnxScorer(args.model, fusion, threads), "cpu (onnxruntime)", args.model
     from exdd_core.runtime.device import resolve_device
     from exdd_core.serve.export import open_exported
@@ -89,25 +89,14 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
     return card, card_path, scorer, device, (args.model if exported else args.banks)
 
 
-def _cpu_threads() -> int:
-    """The CPU threads a run may use: $OMP_NUM_THREADS when set (as torch reads it), else every core."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else os.cpu_count() or 1
-
-
 def _workers(args: argparse.Namespace, device: str) -> int:
-    """Images scored at once: --workers, else one per CPU thread, each image's ops then on one thread
-    (serve/score_loop.py says why; torch is told so here, onnxruntime when its session opens); one on a GPU."""
+    """Images scored at once: --workers, else one per CPU thread (`cpu_threads`), each image's ops then on
+    `cpu_threads() // workers` threads (serve/score_loop.py says why); one on a GPU."""
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected >= 1")
     if not device.startswith("cpu"):
         return args.workers or 1
-    workers = args.workers or _cpu_threads()
-    if device == "cpu":
-        import torch
-
-        torch.set_num_threads(max(1, _cpu_threads() // workers))
-    return workers
+    return args.workers or cpu_threads()
 
 
 def cmd_score(args: argparse.Namespace) -> str:
@@ -133,8 +122,12 @@ def cmd_score(args: argparse.Namespace) -> str:
     if scorer.model.fallback:
         log.warning(FALLBACK_NOTE)
     out: Path = args.out
-    overlays = None if args.no_overlays else out / "overlays"
-    run = LineRun(mode, thr, card, args.resize, overlays, args.fail_fast, _workers(args, device))
+    overlays, workers = None if args.no_overlays else out / "overlays", _workers(args, device)
+    if device == "cpu":  # torch on the CPU (an ONNX session got its threads when it opened)
+        import torch
+
+        torch.set_num_threads(max(1, cpu_threads() // workers))
+    run = LineRun(mode, thr, card, args.resize, overlays, args.fail_fast, workers)
     rows, resized, failed = score_folder_rows(scorer, paths, args, run)
     flagged = sum(r.get("decision") == "defective" for r in rows)
     note = f", {resized} resized to {size[0]}x{size[1]}" if resized else ""

@@ -79,7 +79,6 @@ def override_fusion(card: Card, fusion: dict | None) -> Card:
 class LoadedImage:
     """An image file read for scoring: as in the file (overlays are drawn on it), and at the banks' size."""
 
-    path: Path
     original: np.ndarray  # uint8 (H, W, 3) as in the file
     at_size: np.ndarray  # uint8 (h, w, 3) at the banks' image size
     resized: bool
@@ -87,9 +86,9 @@ class LoadedImage:
 
 def load_for_scoring(path: Path, size: tuple[int, int], resize: bool) -> LoadedImage:
     """Decode once; refuse another size unless `resize` (then bilinear, as prepare resizes). Both scorers
-    (torch and ONNX) read files through this, on `exdd score`'s prefetching reader thread."""
+    (torch and ONNX) read files through this, on `exdd score`'s worker threads."""
     original = load_image(path)
     resized = original.shape[:2] != tuple(size)
     if resized and not resize:
         check_sizes([Path(path)], size)
-    return LoadedImage(Path(path), original, resize_image(original, size) if resized else original, resized)
+    return LoadedImage(original, resize_image(original, size) if resized else original, resized)
