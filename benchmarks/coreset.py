@@ -40,6 +40,7 @@ from _common import (
 
 from exdd_core.banks.coreset import coreset_size
 from exdd_core.banks.greedy import CoresetResult, greedy_plain, greedy_plain_torch
+from exdd_core.banks.lazy_greedy import greedy_lazy
 from exdd_core.banks.pruned import greedy_pruned
 from exdd_core.features.projection import projection_matrix
 
@@ -139,6 +140,7 @@ def main() -> None:
         runs["plain (numpy, textbook)"] = run("plain", lambda: greedy_plain(x, k, start), x, device)
         runs["plain (numpy, GEMV form)"] = run("gemv", lambda: greedy_plain_gemv(x, k, start), x, device)
     runs["pruned (numpy, exact)"] = run("pruned", lambda: greedy_pruned(x, k, start), x, device)
+    runs["lazy (numpy, exact)"] = run("lazy", lambda: greedy_lazy(x, k, start), x, device)
     if device.startswith("cuda") or args.torch_plain:
         runs[f"plain (torch, {device})"] = run(
             "plain_torch", lambda: greedy_plain_torch(x, k, start, device), x, device

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from _common import CACHE, add_device_arg, feature_model, machine, peak_rss_gib, resolve, sample_features
 
+from exdd_core.runtime.choices import CORESET_METHODS
+
 GRID = (79, 28)
 
 
@@ -138,7 +140,7 @@ def main() -> None:
     add_device_arg(p)
     p.add_argument("--images", type=int, default=2085, help="normal training images (KSDD2: 2,085)")
     p.add_argument("--ratio", type=float, default=0.01)
-    p.add_argument("--method", default="auto", choices=("auto", "plain", "pruned"))
+    p.add_argument("--method", default="auto", choices=CORESET_METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--backbone", default="lite0", choices=("lite0", "wrn50"), help="whose features the rows model"

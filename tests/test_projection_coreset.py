@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from exdd_core.banks import coreset_size, greedy_coreset, greedy_plain, greedy_pruned
+from exdd_core.banks import coreset_size, greedy_coreset, greedy_lazy, greedy_plain, greedy_pruned
 from exdd_core.features import project, projection_matrix
+from exdd_core.runtime.choices import CORESET_METHODS
 
 
 def coverage_radius(x: np.ndarray, selected: np.ndarray) -> float:
@@ -42,12 +43,16 @@ def naive_greedy(x: np.ndarray, k: int, start: int) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_plain_and_pruned_match_naive(seed):
+def test_every_method_matches_naive(seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((150, 6)).astype(np.float32)
     ref = naive_greedy(x, 25, start=7)
     assert greedy_plain(x, 25, 7).indices.tolist() == ref
     assert greedy_pruned(x, 25, 7).indices.tolist() == ref
+    assert greedy_lazy(x, 25, 7, top=8, park=2).indices.tolist() == ref
+    start_seed = next(s for s in range(100) if np.random.default_rng(s).integers(150) == 7)
+    for method in CORESET_METHODS:  # auto on CPU is the lazy method; the public entry point of each
+        assert greedy_coreset(x, 25, seed=start_seed, method=method).indices.tolist() == ref
 
 
 @pytest.mark.parametrize("seed", [3, 4])
