@@ -37,7 +37,8 @@ class EmbedGraph(torch.nn.Module):
     def __init__(self, embedder: Embedder) -> None:
         super().__init__()
         ex = embedder.extractor
-        self.model, self.patch_size, self.aggregation = ex.model, ex.patch_size, ex.aggregation
+        # the folded module that runs in torch: the same weights, so the same rows to float rounding
+        self.model, self.patch_size, self.aggregation = ex.runner, ex.patch_size, ex.aggregation
         self.register_buffer("mean", torch.tensor(ex.stats[0], dtype=torch.float32)[None, :, None, None])
         self.register_buffer("std", torch.tensor(ex.stats[1], dtype=torch.float32)[None, :, None, None])
         proj = embedder.projection
