@@ -126,12 +126,17 @@ def _ours_fit(spec: Spec) -> Spec:
     }  # fmt: skip
 
 
+# the two scores both tools give (anomalib's pred_score is the reweighted one): only these are computed, as
+# `exdd score` computes only its CSV's columns
+PATCHCORE = ("patchcore", "patchcore_reweighted")
+
+
 def _ours_score(model: Any, images: list[np.ndarray]) -> list[tuple[float, float]]:
     """(patchcore, patchcore_reweighted) of each image, with its PatchCore map at image size as `exdd score`
     computes it. Batch 1 is ExddModel.score_image; a larger batch embeds the images in one backbone call, then
     takes each image's rows as Embedder.rows does (the stores' projection, if any, and precision)."""
     if len(images) == 1:
-        results = [model.score_image(images[0])]
+        results = [model.score_image(images[0], only=PATCHCORE)]
     else:
         from exdd_core.features.patches import to_rows
 
@@ -140,7 +145,8 @@ def _ours_score(model: Any, images: list[np.ndarray]) -> list[tuple[float, float
         for i in range(len(images)):
             rows = to_rows(maps[i : i + 1])
             rows = rows if emb.projection is None else rows @ emb.projection
-            results.append(model.score(rows.float().cpu().numpy().astype(emb.dtype).astype(np.float32)))
+            rows = rows.float().cpu().numpy().astype(emb.dtype).astype(np.float32)
+            results.append(model.score(rows, only=PATCHCORE))
     for r in results:
         r.patchcore_map()
     return [(r.patchcore, r.patchcore_reweighted) for r in results]

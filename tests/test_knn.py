@@ -74,7 +74,7 @@ def test_nearest_rows_are_exact_when_features_share_a_large_mean():
 
 
 def test_nearest_row_alone_matches_the_full_rerank_on_near_ties():
-    """k = 1 re-ranks only the queries whose two best GEMM candidates are within its rounding bound: on rows
+    """k = 1 searches exactly only the queries whose two best GEMM values are within its rounding bound: on rows
     around a large mean, with exact duplicates (ties go to the lower index) and near-duplicates, it returns
     what re-ranking every candidate returns (k = 2's first column) and the float64 brute force's row."""
     rng = np.random.default_rng(5)
@@ -84,9 +84,10 @@ def test_nearest_row_alone_matches_the_full_rerank_on_near_ties():
     b[20] = b[4] + np.float32(1e-6)  # a near tie
     q = np.concatenate([b[[3, 10, 4, 20]], (mu + 0.05 * rng.standard_normal((1000, 64))).astype(np.float32)])
     bank = Bank(b)
-    d1, i1 = bank.knn(q, 1)
     d2, i2 = bank.knn(q, 2)
-    assert torch.equal(i1[:, 0], i2[:, 0]) and torch.equal(d1[:, 0], d2[:, 0])
-    assert i1[0, 0] == 3 and i1[1, 0] == 3 and float(d1[0, 0]) == 0.0
     _, ri = brute(q[4:], b, 1)
-    assert np.array_equal(i1[4:].numpy(), ri)
+    for chunks in ({}, {"bank_chunk": 7, "query_chunk": 300}):  # ties across bank chunks too
+        d1, i1 = bank.knn(q, 1, **chunks)
+        assert torch.equal(i1[:, 0], i2[:, 0]) and torch.equal(d1[:, 0], d2[:, 0])
+        assert i1[0, 0] == 3 and i1[1, 0] == 3 and float(d1[0, 0]) == 0.0
+        assert np.array_equal(i1[4:].numpy(), ri)

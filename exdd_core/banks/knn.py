@@ -23,6 +23,7 @@ def as_float32(x: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
 RERANK_EXTRA = 8
 _CENTRE_CHUNK = 16384  # rows per step when centring the bank's squared norms (bounded memory at init)
 _RERANK_FLOATS = 1 << 22  # candidate-row floats gathered per re-rank step (16 MB)
+_WINDOW_QUERIES = 256  # near-tie queries per exact window search: (256 x bank) floats at a time
 _UNIT_ROUNDOFF = float(torch.finfo(torch.float32).eps) / 2
 
 
@@ -69,7 +70,7 @@ class Bank:
         rows, one fused GEMM (addmm) per chunk - |q|^2 is the same for every candidate of a query, so it is
         left out (2-3 % of a 2,212 x 46,000 x 1,536 search on CPU, measured; the GEMM itself is the rest); the
         k + RERANK_EXTRA best are re-ranked by the exact |q - b|, which is also the distance returned (for
-        k = 1 only where the ranking's rounding could have swapped them: `_nearest_exact`).
+        k = 1 only where the ranking's rounding could have swapped them: `_nearest`).
         """
         q_all = as_float32(queries, self.device)
         if q_all.ndim != 2 or q_all.shape[1] != self.dim:
@@ -84,6 +85,9 @@ class Bank:
         for qa in range(0, q_all.shape[0], query_chunk):
             q = q_all[qa : qa + query_chunk]
             qc = q - self.centre
+            if k == 1:
+                out_d[qa : qa + query_chunk], out_i[qa : qa + query_chunk] = self._nearest(q, qc, bank_chunk)
+                continue
             best_d: torch.Tensor | None = None
             best_i: torch.Tensor | None = None
             for ba in range(0, n_bank, bank_chunk):
@@ -99,10 +103,7 @@ class Bank:
                     best_d, sel = torch.topk(cat_d, kc, dim=1, largest=False)
                     best_i = torch.gather(cat_i, 1, sel)
             assert best_i is not None and best_d is not None
-            if k == 1:
-                d, i = self._nearest_exact(q, qc, best_d, best_i)
-            else:
-                d, i = self._rerank(q, best_i, k)
+            d, i = self._rerank(q, best_i, k)
             out_d[qa : qa + query_chunk], out_i[qa : qa + query_chunk] = d, i
         return out_d, out_i
 
@@ -119,27 +120,55 @@ class Bank:
         order = torch.argsort(exact, dim=1, stable=True)[:, :k]
         return torch.gather(exact, 1, order), torch.gather(cand, 1, order)
 
-    def _nearest_exact(
-        self, q: torch.Tensor, qc: torch.Tensor, ranked: torch.Tensor, cand: torch.Tensor
+    def _ranked(self, qc: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """The GEMM ranking |b|^2 - 2 q.b of centred queries `qc` against bank rows a..b: (n, b - a)."""
+        return torch.addmm(self.sq[a:b][None, :], qc, (self.rows[a:b] - self.centre).T, alpha=-2.0)
+
+    def _nearest(
+        self, q: torch.Tensor, qc: torch.Tensor, bank_chunk: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """k = 1: the GEMM ranking's first candidate is the nearest row, provably, when the second is ranked
-        further than twice the ranking's rounding bound; only the other queries (ties, near-ties: a few
-        percent) re-rank all their candidates. Same answer as re-ranking them all, for one gather per query
-        instead of k + RERANK_EXTRA (the re-rank was 70 % of a demo image's search, measured).
+        """k = 1: (n, 1) distances and indices of the exact nearest row, lowest index on ties. The ranking's
+        smallest value wins outright when the second smallest is more than twice its rounding bound above it;
+        the other queries (ties, near-ties: a few percent) get the exact distance of every row ranked within
+        that window. Two row minima instead of a top-k (k = 1 + RERANK_EXTRA), and one gather a query: the
+        top-k was 40 % of a demo image's scoring, the re-rank of every query 70 % before it (measured).
 
         Bound: |b|^2 - 2 q.b on centred rows is computed to within (dim + 3) u (|q|^2 + 3 |b|^2) of its exact
         value (each of |b|^2 and q.b to dim u times their terms' sum); taken 4x over, as the margin also
-        covers the exact distances' own float32 rounding, which decides ties."""
-        first = cand[:, :1]
-        d = torch.linalg.vector_norm(q - self.rows[first[:, 0]], dim=-1)[:, None]
-        if cand.shape[1] == 1:
-            return d, first
-        scale = (qc * qc).sum(1) + 3.0 * self.sq_max
-        margin = 4.0 * (self.dim + 3) * _UNIT_ROUNDOFF * scale
-        unsure = torch.nonzero(ranked[:, 1] - ranked[:, 0] <= 2.0 * margin).flatten()
-        if len(unsure):
-            d[unsure], first[unsure] = self._rerank(q[unsure], cand[unsure], 1)
-        return d, first
+        covers the exact distances' own float32 rounding, which decides ties. The true nearest row is ranked
+        within 2 bounds of the smallest value, so no row outside the window can be it."""
+        n = q.shape[0]
+        first_v = torch.full((n,), float("inf"), device=self.device)
+        first_i = torch.zeros(n, dtype=torch.long, device=self.device)
+        second_v = first_v.clone()
+        for a in range(0, len(self), bank_chunk):
+            d2 = self._ranked(qc, a, a + bank_chunk)
+            v, i = d2.min(dim=1)  # the first of equal minima: the lowest index
+            d2.scatter_(1, i[:, None], float("inf"))
+            v2 = d2.min(dim=1).values
+            second_v = torch.minimum(torch.maximum(first_v, v), torch.minimum(second_v, v2))
+            better = v < first_v  # strict: an equal value in a later chunk has a higher index
+            first_v, first_i = torch.where(better, v, first_v), torch.where(better, i + a, first_i)
+        d = torch.linalg.vector_norm(q - self.rows[first_i], dim=-1)
+        margin = 4.0 * (self.dim + 3) * _UNIT_ROUNDOFF * ((qc * qc).sum(1) + 3.0 * self.sq_max)
+        unsure = torch.nonzero(second_v - first_v <= 2.0 * margin).flatten()
+        for a in range(0, len(unsure), _WINDOW_QUERIES):
+            u = unsure[a : a + _WINDOW_QUERIES]
+            d[u], first_i[u] = self._nearest_in_window(q[u], qc[u], 2.0 * margin[u], bank_chunk)
+        return d[:, None], first_i[:, None]
+
+    def _nearest_in_window(
+        self, q: torch.Tensor, qc: torch.Tensor, window: torch.Tensor, bank_chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries (u, d): exact distances of the rows ranked within `window` (u,) of each query's smallest
+        ranked value; the nearest, lowest index on ties. The ranking is recomputed here (its rounding may differ
+        from the batch's), so each window starts at this computation's own minimum."""
+        ranked = torch.cat([self._ranked(qc, a, a + bank_chunk) for a in range(0, len(self), bank_chunk)], 1)
+        qi, cand = torch.nonzero(ranked <= ranked.min(dim=1).values[:, None] + window[:, None], as_tuple=True)
+        exact = torch.full_like(ranked, float("inf"))
+        exact[qi, cand] = torch.linalg.vector_norm(q[qi] - self.rows[cand], dim=-1)
+        d, i = exact.min(dim=1)  # the first of equal minima: the lowest index
+        return d, i
 
     def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:
         return neighbours_of_members(self, idx, b)
