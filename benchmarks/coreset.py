@@ -11,7 +11,7 @@ picks), one seeded start shared by every method. Data:
 
 Prints one table row per method (seconds, picks/s, coverage radius by brute force, whether the picks equal the
 plain loop's) and ends with `speedup_vs_plain_loop: <x>` and `radius_ratio: <ours/exact>`, where "ours" is the
-method `auto` chooses on the device (pruned on CPU, the plain loop in torch on CUDA). On every device it also
+method `auto` chooses on the device (lazy on CPU, the plain loop in torch on CUDA). On every device it also
 prints the memory-bandwidth floor of a plain loop: (bytes read per pick) x picks / bandwidth, bandwidth measured
 here by a large copy.
 
@@ -145,7 +145,7 @@ def main() -> None:
         runs[f"plain (torch, {device})"] = run(
             "plain_torch", lambda: greedy_plain_torch(x, k, start, device), x, device
         )
-    ours = f"plain (torch, {device})" if device.startswith("cuda") else "pruned (numpy, exact)"
+    ours = f"plain (torch, {device})" if device.startswith("cuda") else "lazy (numpy, exact)"
     ref = runs.get("plain (numpy, textbook)")
 
     print(
