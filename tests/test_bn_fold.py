@@ -52,6 +52,19 @@ class ConvOutputUsedTwice(nn.Module):
         return self.bn(c) + c
 
 
+def test_norms_without_affine_or_running_statistics():
+    # affine=False folds (scale 1, shift 0); no running statistics (batch statistics in eval) must not fold
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False)).eval()
+    plain[1].running_mean.copy_(torch.randn(4, generator=torch.Generator().manual_seed(5)))
+    folded = fold_batch_norms(plain)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), plain(x), rtol=1e-5, atol=1e-5)
+    batch_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    assert fold_batch_norms(batch_stats) is batch_stats
+
+
 def test_unknown_patterns_are_refused_and_training_mode_too():
     model = randomise_norms(ConvOutputUsedTwice(), 3)
     assert fold_batch_norms(model) is model

@@ -35,8 +35,15 @@ def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str
         if isinstance(module, nn.Conv2d) and isinstance(out, torch.Tensor):
             made_by[id(out)] = name
             keep.append(out)
-        elif isinstance(module, nn.BatchNorm2d) and args and id(args[0]) in made_by:
-            pairs.append((made_by[id(args[0])], name))
+        elif (
+            isinstance(module, nn.BatchNorm2d)
+            and args
+            and id(args[0]) in made_by
+            and module.running_var is not None
+        ):
+            pairs.append(
+                (made_by[id(args[0])], name)
+            )  # without running statistics it is not affine: not folded
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
@@ -59,9 +66,12 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
     """Scale conv's weights and set its bias to absorb bn (in float64); return what replaces bn: its
     activation for timm's BatchNormAct2d (drop + act, identities in eval where unused), else nothing."""
     w = conv.weight.detach().double()
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - bn.running_mean.double()) * scale + bn.bias.detach().double()
+    bias = (bias - mean) * scale + beta
     conv.weight = nn.Parameter((w * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype), requires_grad=False)
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
     after = [getattr(bn, a) for a in ("drop", "act") if isinstance(getattr(bn, a, None), nn.Module)]
