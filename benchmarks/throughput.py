@@ -74,7 +74,7 @@ def ours(records: list[ImageRecord], out: Path, batch: int, device: str) -> floa
 
 
 def bare(records: list[ImageRecord], batch: int, device: str) -> float:
-    """images/s of the cut timm backbone alone on pre-decoded, pre-normalised tensors."""
+    """images/s of the cut backbone alone (the folded module that runs) on pre-decoded, pre-normalised tensors."""
     from exdd_core.data.imageio import load_image
     from exdd_core.features.backbone import to_tensor
 
@@ -84,11 +84,11 @@ def bare(records: list[ImageRecord], batch: int, device: str) -> float:
     if ex.cuda:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=ex.autocast):
-        ex.model(xs[0][:1])  # warm-up
+        ex.runner(xs[0][:1])  # warm-up
         sync(device)
         t0 = time.perf_counter()
         for x in xs:
-            ex.model(x)
+            ex.runner(x)
         sync(device)
     return len(records) / (time.perf_counter() - t0)
 
@@ -138,10 +138,10 @@ def _bare_worker(rank: int, n: int, result: str) -> None:
     ex = make_extractor(BACKBONE, FEATURES, 0, "cpu")
     x = torch.randn(1, 3, *SIZE)
     with torch.inference_mode():
-        ex.model(x)
+        ex.runner(x)
         t0 = time.perf_counter()
         for _ in range(n):
-            ex.model(x)
+            ex.runner(x)
     Path(f"{result}.{rank}").write_text(str(n / (time.perf_counter() - t0)))
 
 

@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
+from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor, to_tensor
 from exdd_core.features.bn_fold import fold_batch_norms
 
 
@@ -81,3 +81,10 @@ def test_extractor_runs_the_folded_module_and_keeps_timms_for_exports():
     state = {k: v.clone() for k, v in ext.model.state_dict().items()}
     again = PatchFeatureExtractor.with_state_dict("resnet18", [2, 3], state, 3, "padded_bilinear")
     assert torch.equal(ext(image), again(image))
+    state["bn1.running_mean"] += 0.5  # loaded weights the runner must be folded from again
+    moved = PatchFeatureExtractor.with_state_dict("resnet18", [2, 3], state, 3, "padded_bilinear")
+    x = to_tensor(image, "cpu", moved.stats)
+    with torch.inference_mode():
+        for a, b, before in zip(moved.model(x), moved.runner(x), ext.runner(x), strict=True):
+            assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+            assert not torch.allclose(b, before)

@@ -48,6 +48,33 @@ def test_many_duplicates_of_the_farthest_row():
     same_picks(x, 40, 0)
 
 
+@pytest.mark.parametrize("copies", [40, 3000])
+def test_a_tie_wider_than_a_round_after_parking_starts(copies):
+    # a group of equal rows wider than `top` reaches the top after the first round has set a park level:
+    # no round can pick (its best equals tau), and the exact argmax must (it used to loop forever)
+    rng = np.random.default_rng(14)
+    x = np.concatenate(
+        [
+            rng.standard_normal((2000 if copies == 40 else 20000, 8)),
+            20 * np.eye(8)[:1],
+            np.tile(10 * np.eye(8)[1], (copies, 1)),
+        ]
+    ).astype(np.float32)
+    plain = greedy_plain(x, 6, 0)
+    for top, park in [(16, 4), (2048, 8)]:
+        lazy = greedy_lazy(x, 6, 0, top=top, park=park)
+        assert lazy.indices.tolist() == plain.indices.tolist() and lazy.radius == plain.radius
+
+
+def test_zero_rows():
+    # rows and picks at the origin: the screen's rounding slack is 0 there, and the best pair must stay
+    rng = np.random.default_rng(15)
+    x = np.concatenate([10 * np.eye(4)[:1] + 0.1 * rng.standard_normal((20, 4)), np.zeros((3, 4))]).astype(
+        np.float32
+    )
+    same_picks(x, 6, 0)
+
+
 def test_more_picks_than_distinct_rows_and_constant_rows():
     rng = np.random.default_rng(3)
     same_picks(np.repeat(rng.standard_normal((30, 4)).astype(np.float32), 4, axis=0), 45, 0)

@@ -23,7 +23,7 @@ def as_float32(x: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
 RERANK_EXTRA = 8
 _CENTRE_CHUNK = 16384  # rows per step when centring the bank's squared norms (bounded memory at init)
 _RERANK_FLOATS = 1 << 22  # candidate-row floats gathered per re-rank step (16 MB)
-_WINDOW_QUERIES = 256  # near-tie queries per exact window search: (256 x bank) floats at a time
+_WINDOW_QUERIES = 256  # near-tie queries per exact window search: (256 x bank_chunk) floats at a time
 _UNIT_ROUNDOFF = float(torch.finfo(torch.float32).eps) / 2
 
 
@@ -162,13 +162,27 @@ class Bank:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries (u, d): exact distances of the rows ranked within `window` (u,) of each query's smallest
         ranked value; the nearest, lowest index on ties. The ranking is recomputed here (its rounding may differ
-        from the batch's), so each window starts at this computation's own minimum."""
-        ranked = torch.cat([self._ranked(qc, a, a + bank_chunk) for a in range(0, len(self), bank_chunk)], 1)
-        qi, cand = torch.nonzero(ranked <= ranked.min(dim=1).values[:, None] + window[:, None], as_tuple=True)
-        exact = torch.full_like(ranked, float("inf"))
-        exact[qi, cand] = torch.linalg.vector_norm(q[qi] - self.rows[cand], dim=-1)
-        d, i = exact.min(dim=1)  # the first of equal minima: the lowest index
-        return d, i
+        from the batch's), so each window starts at this computation's own minimum: one pass over the bank for
+        the minima, one for the windows. Memory: (u x bank_chunk) floats, and the window's rows gathered in
+        steps of _RERANK_FLOATS."""
+        n = len(self)
+        low = torch.full((q.shape[0],), float("inf"), device=self.device)
+        for a in range(0, n, bank_chunk):
+            low = torch.minimum(low, self._ranked(qc, a, a + bank_chunk).min(dim=1).values)
+        best_d = torch.full_like(low, float("inf"))
+        best_i = torch.zeros(q.shape[0], dtype=torch.long, device=self.device)
+        step = max(1, _RERANK_FLOATS // self.dim)
+        for a in range(0, n, bank_chunk):
+            ranked = self._ranked(qc, a, a + bank_chunk)
+            qi, cand = torch.nonzero(ranked <= (low + window)[:, None], as_tuple=True)
+            exact = torch.full_like(ranked, float("inf"))
+            for s in range(0, len(qi), step):
+                qs, cs = qi[s : s + step], cand[s : s + step]
+                exact[qs, cs] = torch.linalg.vector_norm(q[qs] - self.rows[cs + a], dim=-1)
+            d, i = exact.min(dim=1)  # the first of equal minima: the lowest index
+            better = d < best_d  # strict: an equal distance in a later chunk has a higher index
+            best_d, best_i = torch.where(better, d, best_d), torch.where(better, i + a, best_i)
+        return best_d, best_i
 
     def neighbours_of_members(self, idx: torch.Tensor, b: int) -> torch.Tensor:
         return neighbours_of_members(self, idx, b)

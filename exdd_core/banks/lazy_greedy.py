@@ -89,7 +89,7 @@ class _Screen:
             return 0
         # a pick whose estimate is 3 slacks (4 here) above the row's best estimate cannot be its nearest
         lim_hit = np.maximum(lim[hit], best[hit] - 4.0 * slack[hit])
-        ri, ci = np.nonzero(g[hit] > lim_hit[:, None])
+        ri, ci = np.nonzero(g[hit] >= lim_hit[:, None])  # >=: the best pair stays even at zero slack
         rows = r[hit[ri]]  # each row's pairs adjacent: np.nonzero runs row-major
         diff = np.take(self.x, rows, axis=0)
         diff -= centres[ci]
@@ -134,12 +134,10 @@ def greedy_lazy(
         t += made
         if t >= k:
             break
-        if made == 0 and level > -np.inf:  # no live row above tau: unpark down to a level that has some
+        if made == 0 and level > -np.inf and not (ub > level).any():  # the catch-up left no live row
             level = _settle(screen, sel, t, ub, seen, park * top)
-            if not (ub > level).any():  # all tied at the level: everything exact, then the global argmax
-                _catch_up(screen, sel, t, ub, seen, np.flatnonzero(seen < t))
-                level = -np.inf
-            continue
+            if (ub > level).any():
+                continue
         if made == 0:  # ties at the round's edge (duplicate rows): one pick by an exact global argmax
             _catch_up(screen, sel, t, ub, seen, np.flatnonzero(seen < t))
             sel[t] = int(dense_next(ub, np.arange(n)))
