@@ -91,9 +91,8 @@ class Bank:
             best_d: torch.Tensor | None = None
             best_i: torch.Tensor | None = None
             for ba in range(0, n_bank, bank_chunk):
-                b = self.rows[ba : ba + bank_chunk] - self.centre
-                d2 = torch.addmm(self.sq[ba : ba + bank_chunk][None, :], qc, b.T, alpha=-2.0)
-                dd, ii = torch.topk(d2, min(kc, b.shape[0]), dim=1, largest=False)
+                d2 = self._ranked(qc, ba, ba + bank_chunk)
+                dd, ii = torch.topk(d2, min(kc, d2.shape[1]), dim=1, largest=False)
                 ii = ii + ba
                 if best_d is None:
                     best_d, best_i = dd, ii

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from exdd_core.banks.full_pass import dense_next
+from exdd_core.banks.full_pass import FullPass, dense_next
 from exdd_core.banks.greedy import UNIT_ROUNDOFF, CoresetResult, full_distances, row_distances
 
 # Rows a round brings up to date and picks from (measured on Lite0 rows: 1,024-8,192 within 10 % of the best)
@@ -39,17 +39,14 @@ PICKS = 512
 
 class _Screen:
     """Applies picks to rows exactly: ub[i] <- min(ub[i], row_distances(x[i], c)) over the picks c, computing
-    `row_distances` only for pairs the GEMM bound cannot rule out.
-
-    |computed - true| of |x|^2 - 2 x.c + |c|^2 <= ((dim + 2) u + 4 u) (|x| + |c|)^2 for any summation order;
-    `err` doubles it, and a pair is also skipped when another pick of the same row is provably closer.
+    `row_distances` only for pairs the GEMM bound cannot rule out: `FullPass`'s bound on |x|^2 - 2 x.c + |c|^2
+    (its |x|^2, |x| and relative error `err`), here for many picks at once; a pair is also skipped when another
+    pick of the same row is provably closer.
     """
 
     def __init__(self, x: np.ndarray) -> None:
-        self.x = x
-        self.sq = np.einsum("ij,ij->i", x, x)
-        self.norm = np.sqrt(self.sq)
-        self.err = np.float32(2.0 * (x.shape[1] + 6) * UNIT_ROUNDOFF)
+        bound = FullPass(x)
+        self.x, self.sq, self.norm, self.err = x, bound.sq, bound.norm, bound.err
 
     def apply(self, rows: np.ndarray, picks: np.ndarray, ub: np.ndarray) -> int:
         """Update ub[rows] (distinct row indices) with the picks; returns how many exact distances it took."""

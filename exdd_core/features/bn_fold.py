@@ -35,15 +35,10 @@ def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str
         if isinstance(module, nn.Conv2d) and isinstance(out, torch.Tensor):
             made_by[id(out)] = name
             keep.append(out)
-        elif (
-            isinstance(module, nn.BatchNorm2d)
-            and args
-            and id(args[0]) in made_by
-            and module.running_var is not None
-        ):
-            pairs.append(
-                (made_by[id(args[0])], name)
-            )  # without running statistics it is not affine: not folded
+        # a batch norm without running statistics normalises by the batch's: not an affine map, not folded
+        elif isinstance(module, nn.BatchNorm2d) and module.running_var is not None and args:
+            if id(args[0]) in made_by:
+                pairs.append((made_by[id(args[0])], name))
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
