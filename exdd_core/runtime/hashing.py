@@ -1,14 +1,16 @@
 """The one file hasher (streamed, never a whole file in memory) and the digests built on it.
 
 Used for: manifest hashes in feature-store provenance, the KSDD2 archive's MD5, the backbone weights id,
-the synthesis cache's keys (arrays, source files) and the SDXL model-folder fingerprint.
+the synthesis cache's and the runner cache's keys (arrays, source files, JSON parts) and the SDXL model-folder
+fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -68,3 +70,13 @@ def array_digest(array: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
     h.update(a.tobytes())
     return h.hexdigest()
+
+
+def json_digest(parts: dict[str, Any]) -> str:
+    """SHA-256 of `parts` as canonical JSON (sorted keys, no whitespace): the same parts always give the same
+    key. A cache key: only plain JSON values are accepted (TypeError otherwise)."""
+    try:
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cache key parts must be plain JSON values, got {parts!r}: {e}") from e
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -16,7 +16,6 @@ cache (queued DVC experiments pointed at one absolute `synth.cache_dir`) can onl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,9 @@ import numpy as np
 from exdd_core.data.imageio import load_image, save_png
 from exdd_core.runtime.atomic import write_text_atomic
 from exdd_core.runtime.errors import InputError
-from exdd_core.runtime.hashing import array_digest, files_digest
+from exdd_core.runtime.hashing import array_digest, files_digest, json_digest
 
 KEY_FORMAT = 1  # bump when the meaning of a key's parts changes, so old entries stop matching
-
-
-def _canonical(parts: dict[str, Any]) -> str:
-    """JSON with sorted keys and no whitespace: the same parts always give the same text (and key)."""
-    try:
-        return json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"cache key parts must be plain JSON values, got {parts!r}: {e}") from e
 
 
 def sample_key(
@@ -57,7 +48,7 @@ def sample_key(
         "prompt": prompt,
         "noise_seed": int(noise_seed),
     }
-    return hashlib.sha256(_canonical(parts).encode()).hexdigest(), parts
+    return json_digest(parts), parts
 
 
 class SampleCache:
