@@ -1,8 +1,12 @@
-"""Test-wide settings: never reach the network, one torch thread, DVC quiet, a git identity for `dvc exp`."""
+"""Test-wide settings: never reach the network, one torch thread, DVC quiet, a git identity for `dvc exp`, and
+a runner cache of the session's own (never the user's ~/.cache/exdd; subprocesses inherit it)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,8 +15,10 @@ os.environ.setdefault("GIT_AUTHOR_NAME", "exdd-tests")
 os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@exdd.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "exdd-tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@exdd.invalid")
+os.environ["EXDD_CACHE_DIR"] = tempfile.mkdtemp(prefix="exdd-test-cache-")
+atexit.register(shutil.rmtree, os.environ["EXDD_CACHE_DIR"], True)
 
-import torch
+import torch  # noqa: E402 - after the environment above, which torch and its imports read
 
 torch.set_num_threads(1)
 

@@ -252,7 +252,7 @@ def project(tiny_project) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_score_equals_evaluate_on_test_images(project) -> None:
+def test_score_equals_evaluate_on_test_images(project, tmp_path: Path) -> None:
     root, env = project
     evaluated = {r["image"]: r for r in csv.DictReader((root / "eval" / "scores.csv").open())}
     images = sorted((root / "data" / "prepared" / "test" / "images").glob("*.png"))[:3]
@@ -282,6 +282,20 @@ def test_score_equals_evaluate_on_test_images(project) -> None:
         assert row["decision"] == ("defective" if float(row["exdd"]) >= thr else "normal")
         with Image.open(root / "scored" / row["overlay"]) as im:
             assert im.width == 64 and im.height > 128 and im.mode == "RGB"
+
+    # the runner cache (features/runner_cache.py): the first run writes the entry, the second loads the backbone
+    # from it; both score to the same digits as above
+    cached_env = {**env, "EXDD_CACHE_DIR": str(tmp_path / "runner-cache")}
+    scores = []
+    for out in ("miss", "hit"):
+        argv = ["score", *map(str, images), "--banks", "banks", "--out", str(tmp_path / out), "--no-overlays"]
+        p = exdd(argv, root, cached_env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        scores.append(
+            [(r["exdd"], r["patchcore"]) for r in csv.DictReader((tmp_path / out / "scores.csv").open())]
+        )
+    assert len(list((tmp_path / "runner-cache" / "runners").iterdir())) == 1
+    assert scores[0] == scores[1] == [(r["exdd"], r["patchcore"]) for r in rows]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exdd_core.features import runner_cache
 from exdd_core.features.bn_fold import fold_batch_norms
 from exdd_core.features.patches import Aggregation, aggregate_patches
 from exdd_core.features.provenance import IMAGENET_MEAN, IMAGENET_STD, input_stats
@@ -232,21 +233,47 @@ class PatchFeatureExtractor:
         aggregation: Aggregation = "padded_bilinear",
         device: str = "cpu",
         autocast: bool = False,
+        cached: bool = False,
     ) -> None:
+        """`cached`: take the runner from the runner cache when it holds this backbone (CPU only), and write it
+        there when not (runner_cache.py: `exdd score` then starts without importing timm)."""
         self.spec = spec
         self.patch_size = patch_size
         self.aggregation = aggregation
         self.device = device
-        self.model = create_backbone(spec, device)  # timm's module: what exports and state dicts see
-        self.stats = input_stats(spec.name)
         self.cuda = str(device).startswith("cuda")
         # On a GPU: NHWC convolutions (tensor cores) and, with features.autocast, fp16 activations; the
         # aggregation and everything after stay float32. On a CPU both are off: fp32, bit-stable rows.
         self.autocast = bool(autocast) and self.cuda
+        self._grids: dict[tuple[int, int], tuple[int, int]] = {}  # image (H, W) -> patch grid, as seen
+        self._model: torch.nn.Module | None = None
+        key = self._cache_key() if cached and str(device) == "cpu" else None
+        hit = runner_cache.load_runner(key) if key else None
+        if hit is not None:
+            self.runner, self.stats = hit.runner, hit.stats
+            self.channels, self.reductions = hit.channels, hit.reductions
+            return
+        self._model = create_backbone(spec, device)
+        self.stats = input_stats(spec.name)
         self._fold()
         self.channels = list(self.model.feature_info.channels())
         self.reductions = list(self.model.feature_info.reduction())
-        self._grids: dict[tuple[int, int], tuple[int, int]] = {}  # image (H, W) -> patch grid, as seen
+        if key:
+            runner_cache.save_runner(
+                key, runner_cache.CachedRunner(self.runner, self.channels, self.reductions, self.stats)
+            )
+
+    def _cache_key(self) -> str | None:
+        s = self.spec
+        return runner_cache.runner_key(s.name, tuple(s.layers), s.seed, weights_fingerprint(s))
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """timm's module, unfolded: what exports and state dicts see. Built on first use when the runner came
+        from the runner cache."""
+        if self._model is None:
+            self._model = create_backbone(self.spec, self.device)
+        return self._model
 
     @classmethod
     def with_state_dict(

@@ -19,13 +19,18 @@ from exdd_core.features.patches import to_rows
 from exdd_core.features.projection import project, projection_matrix
 
 
-def make_extractor(backbone: dict, features: dict, seed: int, device: str) -> PatchFeatureExtractor:
-    """The backbone cut at `backbone.layers` with the patch aggregation of `features` (params or a card)."""
+def make_extractor(
+    backbone: dict, features: dict, seed: int, device: str, cached: bool = False
+) -> PatchFeatureExtractor:
+    """The backbone cut at `backbone.layers` with the patch aggregation of `features` (params or a card);
+    `cached`: its runner from the runner cache when there (features.runner_cache)."""
     spec = BackboneSpec(
         name=backbone["name"], weights=backbone["weights"], layers=tuple(backbone["layers"]), seed=seed
     )
     autocast = bool(features.get("autocast", False))
-    return PatchFeatureExtractor(spec, features["patch_size"], features["aggregation"], device, autocast)
+    return PatchFeatureExtractor(
+        spec, features["patch_size"], features["aggregation"], device, autocast, cached=cached
+    )
 
 
 @dataclass

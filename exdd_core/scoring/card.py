@@ -99,8 +99,13 @@ class Card:
             raise InputError(f"{where}: deployment card lacks {missing}; rerun evaluate (dvc repro evaluate)")
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def check_preprocessing(self, where: str) -> None:
-        expected = preprocessing(self.backbone.get("name"))
+    def check_preprocessing(
+        self, where: str, stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    ) -> None:
+        """The card's preprocessing against this code's: the backbone's (mean, std) as `stats` when the caller
+        has them (an extractor's: no timm import), else looked up in timm."""
+        attrs = None if stats is None else {"input_mean": list(stats[0]), "input_std": list(stats[1])}
+        expected = preprocessing(self.backbone.get("name"), attrs)
         if self.preprocessing != expected:
             raise MismatchError(
                 f"{where}: the banks' preprocessing {self.preprocessing} differs from this code's "

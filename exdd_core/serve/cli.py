@@ -84,7 +84,7 @@ def _open(args: argparse.Namespace, paths: list[Path]) -> tuple[Card, Path, Any,
     scorer = (
         open_exported(args.model, device, fusion)
         if exported
-        else open_scorer(args.banks, card_path, device, fusion)
+        else open_scorer(args.banks, card_path, device, fusion, cached=True)
     )
     return card, card_path, scorer, device, (args.model if exported else args.banks)
 

@@ -63,10 +63,12 @@ def _resolve_weights(weights: str, card_path: Path) -> str:
     return str(candidate) if candidate.exists() else weights
 
 
-def open_scorer(banks: Path, card_path: Path, device: str = "cpu", fusion: dict | None = None) -> Scorer:
-    """Open both banks, check them against the card, rebuild the backbone and check it against the banks."""
+def open_scorer(
+    banks: Path, card_path: Path, device: str = "cpu", fusion: dict | None = None, cached: bool = False
+) -> Scorer:
+    """Open both banks, check them against the card, rebuild the backbone and check it against the banks.
+    `cached`: the backbone's runner from the runner cache when there (`exdd score`: features.runner_cache)."""
     card = override_fusion(load_card(card_path), fusion)  # `fusion`: run-time overrides (lam, topk)
-    card.check_preprocessing(str(card_path))
     feats = card.features
     bn, bp = Store(Path(banks) / "normal.zarr"), Store(Path(banks) / "defect.zarr")
     check_compatible(feats, bn.attrs, f"deployment card ({card_path}) and normal bank ({bn.path})")
@@ -78,7 +80,8 @@ def open_scorer(banks: Path, card_path: Path, device: str = "cpu", fusion: dict 
         "aggregation": feats["aggregation"],
         "autocast": bool(feats.get("autocast")),  # as the banks were extracted (None in older cards: off)
     }
-    extractor = make_extractor(backbone, features, int(bb["seed"]), device)
+    extractor = make_extractor(backbone, features, int(bb["seed"]), device, cached=cached)
+    card.check_preprocessing(str(card_path), extractor.stats)
     rebuilt = {**extractor.provenance(), "grid": list(extractor.grid_for(card.image_size))}
     check_compatible(
         bn.attrs, rebuilt, f"normal bank ({bn.path}) and the backbone rebuilt here", (*EXTRACTOR_KEYS, "grid")

@@ -1,0 +1,163 @@
+"""A TorchScript copy of the folded, cut backbone (`PatchFeatureExtractor.runner`), cached on disk per weights
+and code, so `exdd score` starts without importing timm.
+
+Why: importing timm is ~1.25 s of `exdd score`'s ~2.9 s start-up on a 2-core CPU, 0.85 s of it `torch._dynamo`
+(timm imports torchvision.ops, which imports dynamo unconditionally). A TorchScript archive loads with torch
+alone in ~0.06 s and runs the same kernels: its features are bit-identical to the eager module's, checked on two
+probe images before an entry is written. `torch.export` is torch's modern format, but `torch.export.load`
+imports dynamo itself (~1 s). TorchScript is deprecated in torch 2.14 (the project's pin); it is used here only as
+a cache, so a torch without it, or an entry that does not load, costs the start-up and nothing else: the runner
+is then built from timm as always (docs/design.md, "Fast start").
+
+Key: SHA-256 of the backbone (name, layers, seed), the weights' content id (`weights_fingerprint`: a checkpoint
+digest), torch's and timm's versions and the code that builds the runner (this folder's backbone.py,
+bn_fold.py, registry_weights.py, this file). A hit is the module a fresh build gives; anything changed is another
+key, so nothing needs invalidating. Weights without a content id (timm's default pretrained tag from the Hugging
+Face cache) are not cached. CPU only: on a GPU, CUDA's own start dwarfs the import.
+
+Layout: `<root>/runners/<key>/{runner.pt, meta.json}`, written atomically (a killed writer leaves no entry);
+root = $EXDD_CACHE_DIR, else $XDG_CACHE_HOME/exdd, else ~/.cache/exdd. EXDD_CACHE_DIR=off turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from exdd_core.runtime.atomic import atomic_dir
+from exdd_core.runtime.hashing import files_digest, json_digest
+from exdd_core.runtime.runlog import log
+
+KEY_FORMAT = 1  # bump when the meaning of a key's parts changes, so old entries stop matching
+OFF = "off"
+# the code whose change changes the runner: its digest is part of every key
+_CODE = ("backbone.py", "bn_fold.py", "registry_weights.py", "runner_cache.py")
+# probe images (H, W) a scripted copy must reproduce bit for bit before it is cached: an even and an odd size,
+# so TF "same" padding takes both of its branches
+PROBES = ((64, 96), (67, 101))
+
+
+@dataclass(frozen=True)
+class CachedRunner:
+    """What `PatchFeatureExtractor` needs of timm's model, without timm: the runner (N, 3, H, W) -> feature maps
+    of `channels` channels at strides `reductions`, and the input normalisation (mean, std) it expects."""
+
+    runner: torch.nn.Module
+    channels: list[int]
+    reductions: list[int]
+    stats: tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def cache_root() -> Path | None:
+    """Where entries live (see the module docstring); None when EXDD_CACHE_DIR=off."""
+    configured = os.environ.get("EXDD_CACHE_DIR")
+    if configured == OFF:
+        return None
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "exdd"
+
+
+def runner_key(name: str, layers: tuple[int, ...], seed: int, weights_id: str) -> str | None:
+    """The entry's key, or None when the weights have no content id (nothing is then cached)."""
+    if weights_id.startswith("imagenet(timm default"):
+        return None
+    try:
+        timm_version = metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        return None
+    here = Path(__file__).parent
+    parts = {
+        "format": KEY_FORMAT,
+        "backbone": name,
+        "layers": [int(v) for v in layers],
+        "seed": int(seed),
+        "weights_id": weights_id,
+        "torch": torch.__version__,
+        "timm": timm_version,
+        "code": files_digest(*(here / f for f in _CODE)),
+    }
+    return json_digest(parts)
+
+
+def _entry(key: str) -> Path | None:
+    root = cache_root()
+    return None if root is None else root / "runners" / key
+
+
+def load_runner(key: str) -> CachedRunner | None:
+    """The cached runner (on the CPU, eval mode) under `key`, or None: no entry, cache off, or an entry that does
+    not load (then it is rebuilt and rewritten by the caller)."""
+    entry = _entry(key)
+    if entry is None or not (entry / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        with warnings.catch_warnings():  # TorchScript's deprecation notice: expected, see the docstring
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            runner = torch.jit.load(str(entry / "runner.pt"), map_location="cpu")
+        stats = (tuple(meta["mean"]), tuple(meta["std"]))
+        return CachedRunner(runner.eval(), list(meta["channels"]), list(meta["reductions"]), stats)
+    except Exception as e:  # any unreadable entry (torch raises several types): the timm build stands in
+        log.info(
+            "runner cache: entry %s does not load (%s: %s); building from timm", entry, type(e).__name__, e
+        )
+        return None
+
+
+def _scripted_copy(runner: torch.nn.Module) -> torch.nn.Module | None:
+    """TorchScript of `runner` if it scripts and gives bit-identical outputs on the PROBES, else None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            scripted = torch.jit.script(runner)
+        except Exception as e:  # a model TorchScript cannot compile: not cached, scored as always
+            log.info(
+                "runner cache: %s does not script (%s); not cached", type(runner).__name__, type(e).__name__
+            )
+            return None
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for hw in PROBES:
+            x = torch.randn(1, 3, *hw, generator=gen)
+            ref, out = runner(x), scripted(x)
+            if len(ref) != len(out) or any(not torch.equal(a, b) for a, b in zip(ref, out, strict=True)):
+                log.info("runner cache: the scripted copy differs from the module at %s; not cached", hw)
+                return None
+    return scripted
+
+
+def save_runner(key: str, cached: CachedRunner) -> bool:
+    """Write `cached` (its runner an eager CPU module) under `key` when its scripted copy is bit-identical.
+    Never fails the caller: an unwritable cache is logged and skipped. True when an entry was written."""
+    entry = _entry(key)
+    if entry is None:
+        return False
+    scripted = _scripted_copy(cached.runner)
+    if scripted is None:
+        return False
+    meta = {
+        "channels": cached.channels,
+        "reductions": cached.reductions,
+        "mean": list(cached.stats[0]),
+        "std": list(cached.stats[1]),
+    }
+    try:
+        with atomic_dir(entry) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(scripted, str(tmp / "runner.pt"))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except OSError as e:
+        log.info("runner cache: cannot write %s (%s); set EXDD_CACHE_DIR to a writable folder", entry, e)
+        return False
+    return True
