@@ -152,3 +152,28 @@ def test_a_hit_does_not_import_timm(cache: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_exported_weights_are_their_own_entry_and_reload_lazily(cache: Path) -> None:
+    """An export's state dict (`with_state_dict`) is keyed by its digest, never by the placeholder spec; a hit's
+    timm module, built on demand for an export, carries the state's weights, not random ones."""
+    spec = BackboneSpec("resnet18", "random", (2, 3), seed=3)
+    source = PatchFeatureExtractor(spec)
+    state = {k: v.clone() for k, v in source.model.state_dict().items()}
+    image = _images()[1]
+    ref = source(image)
+    PatchFeatureExtractor(
+        BackboneSpec("resnet18", "random", (2, 3), seed=0), cached=True
+    )  # the placeholder's
+    miss = PatchFeatureExtractor.with_state_dict(
+        "resnet18", [2, 3], state, 3, "padded_bilinear", state_id="e1"
+    )
+    assert len(_entries(cache)) == 2 and torch.equal(miss(image), ref)
+    hit = PatchFeatureExtractor.with_state_dict(
+        "resnet18", [2, 3], state, 3, "padded_bilinear", state_id="e1"
+    )
+    assert isinstance(hit.runner, torch.jit.ScriptModule) and torch.equal(hit(image), ref)
+    rebuilt = hit.model.state_dict()
+    assert all(torch.equal(rebuilt[k], state[k]) for k in rebuilt)
+    uncached = PatchFeatureExtractor.with_state_dict("resnet18", [2, 3], state, 3, "padded_bilinear")
+    assert uncached._model is not None and len(_entries(cache)) == 2

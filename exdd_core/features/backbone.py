@@ -234,9 +234,12 @@ class PatchFeatureExtractor:
         device: str = "cpu",
         autocast: bool = False,
         cached: bool = False,
+        state: dict[str, torch.Tensor] | None = None,
+        state_id: str | None = None,
     ) -> None:
         """`cached`: take the runner from the runner cache when it holds this backbone (CPU only), and write it
-        there when not (runner_cache.py: `exdd score` then starts without importing timm)."""
+        there when not (runner_cache.py: `exdd score` then starts without importing timm). `state`: weights
+        that replace the spec's (`with_state_dict`), cached only when `state_id` names their content."""
         self.spec = spec
         self.patch_size = patch_size
         self.aggregation = aggregation
@@ -246,14 +249,14 @@ class PatchFeatureExtractor:
         # aggregation and everything after stay float32. On a CPU both are off: fp32, bit-stable rows.
         self.autocast = bool(autocast) and self.cuda
         self._grids: dict[tuple[int, int], tuple[int, int]] = {}  # image (H, W) -> patch grid, as seen
+        self._state = state
         self._model: torch.nn.Module | None = None
-        key = self._cache_key() if cached and str(device) == "cpu" else None
+        key = self._cache_key(state_id) if cached and str(device) == "cpu" else None
         hit = runner_cache.load_runner(key) if key else None
         if hit is not None:
             self.runner, self.stats = hit.runner, hit.stats
             self.channels, self.reductions = hit.channels, hit.reductions
             return
-        self._model = create_backbone(spec, device)
         self.stats = input_stats(spec.name)
         self._fold()
         self.channels = list(self.model.feature_info.channels())
@@ -263,16 +266,29 @@ class PatchFeatureExtractor:
                 key, runner_cache.CachedRunner(self.runner, self.channels, self.reductions, self.stats)
             )
 
-    def _cache_key(self) -> str | None:
-        s = self.spec
-        return runner_cache.runner_key(s.name, tuple(s.layers), s.seed, weights_fingerprint(s))
+    def _cache_key(self, state_id: str | None) -> str | None:
+        """The runner cache's key: the spec's weights, or the replacing state's id (None: not cached)."""
+        weights_id = weights_fingerprint(self.spec) if self._state is None else state_id
+        if not weights_id:
+            return None
+        return runner_cache.runner_key(self.spec.name, tuple(self.spec.layers), self.spec.seed, weights_id)
 
     @property
     def model(self) -> torch.nn.Module:
-        """timm's module, unfolded: what exports and state dicts see. Built on first use when the runner came
-        from the runner cache."""
+        """timm's module, unfolded: what exports and state dicts see. Built on first use, so not at all when
+        the runner came from the runner cache and nothing asks for it."""
         if self._model is None:
-            self._model = create_backbone(self.spec, self.device)
+            model = create_backbone(self.spec, self.device)
+            if self._state is not None:
+                state = {k: v for k, v in self._state.items() if not _dropped_block(model, k)}
+                try:
+                    model.load_state_dict(state, strict=True)
+                except RuntimeError as e:
+                    raise InputError(
+                        f"exported backbone does not fit timm's {self.spec.name} (layers "
+                        f"{list(self.spec.layers)}): {e}"
+                    ) from e
+            self._model = model
         return self._model
 
     @classmethod
@@ -284,17 +300,14 @@ class PatchFeatureExtractor:
         patch_size: int,
         aggregation: Aggregation,
         device: str = "cpu",
+        state_id: str | None = None,
     ) -> PatchFeatureExtractor:
         """An extractor whose cut backbone gets `state` (an exported features_only state dict, strictly: every
-        tensor of the architecture, nothing else), as `exdd export` wrote it."""
-        ext = cls(BackboneSpec(name, "random", tuple(layers), 0), patch_size, aggregation, device)
-        state = {k: v for k, v in state.items() if not _dropped_block(ext.model, k)}
-        try:
-            ext.model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise InputError(f"exported backbone does not fit timm's {name} (layers {layers}): {e}") from e
-        ext._fold()
-        return ext
+        tensor of the architecture, nothing else), as `exdd export` wrote it. `state_id` (the export's digest
+        of the file): its runner from / to the runner cache."""
+        spec = BackboneSpec(name, "random", tuple(layers), 0)
+        cached = state_id is not None
+        return cls(spec, patch_size, aggregation, device, cached=cached, state=state, state_id=state_id)
 
     def _fold(self) -> None:
         """The module that runs: `self.model` with its batch norms folded into the convolutions (bn_fold.py;

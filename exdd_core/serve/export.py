@@ -86,7 +86,6 @@ def open_exported(folder: Path, device: str = "cpu", fusion: dict | None = None)
             f"{folder}: an {export['format']} export; `exdd score --model` opens it without torch"
         )
     card = override_fusion(card, fusion)  # run-time overrides (lam, topk)
-    card.check_preprocessing(str(folder / CARD_FILE))
     for key in ("backbone", "banks"):
         path = folder / export[f"{key}_file"]
         if not path.is_file():
@@ -103,7 +102,9 @@ def open_exported(folder: Path, device: str = "cpu", fusion: dict | None = None)
         card.features["patch_size"],
         card.features["aggregation"],
         device,
+        state_id=f"export(sha256={export['backbone_sha256']})",  # checked above: the runner cache's key
     )
+    card.check_preprocessing(str(folder / CARD_FILE), extractor.stats)
     if list(extractor.channels) != list(card.features["channels"]):
         raise MismatchError(
             f"{folder}: backbone channels {extractor.channels} != card {card.features['channels']}"
