@@ -61,7 +61,12 @@ def cache_root() -> Path | None:
         return None
     if configured:
         return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory to be found (a bare service account): no cache
+            return None
     return Path(base) / "exdd"
 
 
@@ -159,5 +164,8 @@ def save_runner(key: str, cached: CachedRunner) -> bool:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     except OSError as e:
         log.info("runner cache: cannot write %s (%s); set EXDD_CACHE_DIR to a writable folder", entry, e)
+        return False
+    except Exception as e:  # torch.jit.save's own failures: the entry is skipped, scoring goes on
+        log.info("runner cache: %s not written (%s: %s)", entry, type(e).__name__, e)
         return False
     return True
