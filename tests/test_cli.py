@@ -284,17 +284,23 @@ def test_score_equals_evaluate_on_test_images(project, tmp_path: Path) -> None:
             assert im.width == 64 and im.height > 128 and im.mode == "RGB"
 
     # the runner cache (features/runner_cache.py): the first run writes the entry, the second loads the backbone
-    # from it; both score to the same digits as above
-    cached_env = {**env, "EXDD_CACHE_DIR": str(tmp_path / "runner-cache")}
-    scores = []
+    # from it (the entry untouched, timm never imported); both score to the same digits as above
+    cached_env = {**env, "EXDD_CACHE_DIR": str(tmp_path / "runner-cache"), "PYTHONPROFILEIMPORTTIME": "1"}
+    scores, imported, entry_stats = [], [], []
     for out in ("miss", "hit"):
         argv = ["score", *map(str, images), "--banks", "banks", "--out", str(tmp_path / out), "--no-overlays"]
         p = exdd(argv, root, cached_env)
         assert p.returncode == 0, p.stderr[-3000:]
-        scores.append(
-            [(r["exdd"], r["patchcore"]) for r in csv.DictReader((tmp_path / out / "scores.csv").open())]
+        with (tmp_path / out / "scores.csv").open() as f:
+            scores.append([(r["exdd"], r["patchcore"]) for r in csv.DictReader(f)])
+        imported.append(
+            {line.split("|")[-1].strip() for line in p.stderr.splitlines() if "import time:" in line}
         )
-    assert len(list((tmp_path / "runner-cache" / "runners").iterdir())) == 1
+        (entry,) = (tmp_path / "runner-cache" / "runners").iterdir()
+        st = (entry / "runner.pt").stat()
+        entry_stats.append((st.st_ino, st.st_mtime_ns))
+    assert entry_stats[0] == entry_stats[1]  # the hit read the entry and did not rewrite it
+    assert "timm" in imported[0] and "timm" not in imported[1] and "torchvision" not in imported[1]
     assert scores[0] == scores[1] == [(r["exdd"], r["patchcore"]) for r in rows]
 
 

@@ -16,6 +16,7 @@ import torch
 
 from exdd_core.features import runner_cache
 from exdd_core.features.backbone import BackboneSpec, PatchFeatureExtractor
+from exdd_core.runtime.errors import MissingResourceError
 
 REPO = Path(__file__).resolve().parents[1]
 LITE0 = BackboneSpec("tf_efficientnet_lite0", "imagenet", (2, 3))  # registry weights: installed with exdd
@@ -67,6 +68,19 @@ def test_the_key_names_backbone_weights_and_layers(cache: Path) -> None:
     assert key("resnet18", (2, 3), 0, "imagenet(timm default pretrained tag)") is None
 
 
+@pytest.mark.parametrize("part", ["torch", "timm", "code"])
+def test_the_key_changes_with_torch_timm_and_our_code(part: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ("tf_efficientnet_lite0", (2, 3), 0, "random(seed=0)")
+    before = runner_cache.runner_key(*args)
+    if part == "torch":
+        monkeypatch.setattr(torch, "__version__", "9.9.9")
+    elif part == "timm":
+        monkeypatch.setattr(runner_cache.metadata, "version", lambda name: "9.9.9")
+    else:  # an edit to any file the runner is built from
+        monkeypatch.setattr(runner_cache, "files_digest", lambda *paths: "another")
+    assert runner_cache.runner_key(*args) != before
+
+
 def test_random_weights_of_another_seed_are_another_entry(cache: Path) -> None:
     a = PatchFeatureExtractor(BackboneSpec("resnet18", "random", (2, 3), seed=0), cached=True)
     b = PatchFeatureExtractor(BackboneSpec("resnet18", "random", (2, 3), seed=1), cached=True)
@@ -115,6 +129,28 @@ class _ScriptsDifferently(torch.nn.Module):
         if torch.jit.is_scripting():
             return [x + 1.0]
         return [x]
+
+
+class _FailsAtProbeSizes(torch.nn.Module):
+    """Scripts, but raises on any input other than 128 x 128: a failure at run time, not at compile time."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[-1] != 128:
+            raise RuntimeError("only 128 x 128")
+        return [x]
+
+
+def test_a_copy_that_fails_to_run_is_not_cached_and_does_not_raise(cache: Path) -> None:
+    stats = ((0.5,) * 3, (0.5,) * 3)
+    failing = runner_cache.CachedRunner(_FailsAtProbeSizes(), [3], [1], stats)
+    assert runner_cache.save_runner("f" * 64, failing) is False
+    assert not _entries(cache)
+
+
+def test_a_missing_weights_file_is_the_usual_clear_error(cache: Path, tmp_path: Path) -> None:
+    spec = BackboneSpec("resnet18", str(tmp_path / "absent.safetensors"), (2, 3))
+    with pytest.raises(MissingResourceError, match="not found"):
+        PatchFeatureExtractor(spec, cached=True)
 
 
 class _ListOut(torch.nn.Module):

@@ -268,7 +268,10 @@ class PatchFeatureExtractor:
 
     def _cache_key(self, state_id: str | None) -> str | None:
         """The runner cache's key: the spec's weights, or the replacing state's id (None: not cached)."""
-        weights_id = weights_fingerprint(self.spec) if self._state is None else state_id
+        try:
+            weights_id = weights_fingerprint(self.spec) if self._state is None else state_id
+        except OSError:  # a missing weights file: the timm build below says how to get it
+            return None
         if not weights_id:
             return None
         return runner_cache.runner_key(self.spec.name, tuple(self.spec.layers), self.spec.seed, weights_id)

@@ -4,15 +4,16 @@ and code, so `exdd score` starts without importing timm.
 Why: importing timm is ~1.25 s of `exdd score`'s ~2.9 s start-up on a 2-core CPU, 0.85 s of it `torch._dynamo`
 (timm imports torchvision.ops, which imports dynamo unconditionally). A TorchScript archive loads with torch
 alone in ~0.06 s and runs the same kernels: its features are bit-identical to the eager module's, checked on two
-probe images before an entry is written. `torch.export` is torch's modern format, but `torch.export.load`
+probe images, in memory and reloaded from the file, before an entry is published. `torch.export` is torch's modern format, but `torch.export.load`
 imports dynamo itself (~1 s). TorchScript is deprecated in torch 2.14 (the project's pin); it is used here only as
 a cache, so a torch without it, or an entry that does not load, costs the start-up and nothing else: the runner
 is then built from timm as always (docs/design.md, "Fast start").
 
-Key: SHA-256 of the backbone (name, layers, seed), the weights' content id (`weights_fingerprint`: a checkpoint
-digest), torch's and timm's versions and the code that builds the runner (this folder's backbone.py,
-bn_fold.py, registry_weights.py, this file). A hit is the module a fresh build gives; anything changed is another
-key, so nothing needs invalidating. Weights without a content id (timm's default pretrained tag from the Hugging
+Key: SHA-256 of the backbone (name, layers, seed), the weights' id (`weights_fingerprint`: the checkpoint's or
+file's digest; the seed for random weights; an export's backbone digest), torch's and timm's versions and the
+code that builds the runner and its input normalisation (this folder's backbone.py, bn_fold.py,
+registry_weights.py, provenance.py, this file). A hit is the module a fresh build gives; anything changed is
+another key, so nothing needs invalidating. Weights without a content id (timm's default pretrained tag from the Hugging
 Face cache) are not cached. CPU only: on a GPU, CUDA's own start dwarfs the import.
 
 Layout: `<root>/runners/<key>/{runner.pt, meta.json}`, written atomically (a killed writer leaves no entry);
@@ -24,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,10 +40,11 @@ from exdd_core.runtime.runlog import log
 KEY_FORMAT = 1  # bump when the meaning of a key's parts changes, so old entries stop matching
 OFF = "off"
 # the code whose change changes the runner: its digest is part of every key
-_CODE = ("backbone.py", "bn_fold.py", "registry_weights.py", "runner_cache.py")
+_CODE = ("backbone.py", "bn_fold.py", "registry_weights.py", "provenance.py", "runner_cache.py")
 # probe images (H, W) a scripted copy must reproduce bit for bit before it is cached: an even and an odd size,
-# so TF "same" padding takes both of its branches
+# so TF "same" padding takes both of its branches; each called REPEATS times
 PROBES = ((64, 96), (67, 101))
+REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -97,58 +101,73 @@ def _entry(key: str) -> Path | None:
     return None if root is None else root / "runners" / key
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """TorchScript's deprecation notices silenced: expected, see the module docstring."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def load_runner(key: str) -> CachedRunner | None:
     """The cached runner (on the CPU, eval mode) under `key`, or None: no entry, cache off, or an entry that does
     not load (then it is rebuilt and rewritten by the caller)."""
     entry = _entry(key)
-    if entry is None or not (entry / "meta.json").is_file():
+    if entry is None:
         return None
     try:
+        if not (entry / "meta.json").is_file():
+            return None
         meta = json.loads((entry / "meta.json").read_text())
-        with warnings.catch_warnings():  # TorchScript's deprecation notice: expected, see the docstring
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet():
             runner = torch.jit.load(str(entry / "runner.pt"), map_location="cpu")
         stats = (tuple(meta["mean"]), tuple(meta["std"]))
         return CachedRunner(runner.eval(), list(meta["channels"]), list(meta["reductions"]), stats)
-    except Exception as e:  # any unreadable entry (torch raises several types): the timm build stands in
+    except Exception as e:  # any unreadable entry or folder (torch raises several types): timm stands in
         log.info(
             "runner cache: entry %s does not load (%s: %s); building from timm", entry, type(e).__name__, e
         )
         return None
 
 
-def _scripted_copy(runner: torch.nn.Module) -> torch.nn.Module | None:
-    """TorchScript of `runner` if it scripts and gives bit-identical outputs on the PROBES, else None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            scripted = torch.jit.script(runner)
-        except Exception as e:  # a model TorchScript cannot compile: not cached, scored as always
-            log.info(
-                "runner cache: %s does not script (%s); not cached", type(runner).__name__, type(e).__name__
-            )
-            return None
+class _NotReproduced(Exception):
+    """A scripted copy whose features are not the module's, bit for bit."""
+
+
+def _reproduces(reference: torch.nn.Module, candidate: torch.nn.Module) -> bool:
+    """Whether `candidate` gives `reference`'s outputs bit for bit on the PROBES, each called REPEATS times
+    (TorchScript profiles its first calls and runs an optimised plan after)."""
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for hw in PROBES:
             x = torch.randn(1, 3, *hw, generator=gen)
-            ref, out = runner(x), scripted(x)
-            if len(ref) != len(out) or any(not torch.equal(a, b) for a, b in zip(ref, out, strict=True)):
-                log.info("runner cache: the scripted copy differs from the module at %s; not cached", hw)
-                return None
-    return scripted
+            ref = reference(x)
+            for _ in range(REPEATS):
+                out = candidate(x)
+                if len(out) != len(ref) or any(not torch.equal(a, b) for a, b in zip(ref, out, strict=True)):
+                    return False
+    return True
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.access(folder, os.W_OK)
+    except OSError:
+        return False
 
 
 def save_runner(key: str, cached: CachedRunner) -> bool:
-    """Write `cached` (its runner an eager CPU module) under `key` when its scripted copy is bit-identical.
-    Never fails the caller: an unwritable cache is logged and skipped. True when an entry was written."""
+    """Write `cached` (its runner an eager CPU module) under `key` when its scripted copy, in memory and as
+    reloaded from the file, reproduces it bit for bit. Never fails the caller: anything that goes wrong (an
+    unwritable cache, a module TorchScript cannot compile or run) is logged and the entry skipped. True when an
+    entry was written."""
     entry = _entry(key)
     if entry is None:
         return False
-    scripted = _scripted_copy(cached.runner)
-    if scripted is None:
+    if not _writable(entry.parent):  # checked first: an unwritable cache costs no scripting
+        log.info("runner cache: %s is not writable; set EXDD_CACHE_DIR to a writable folder", entry.parent)
         return False
     meta = {
         "channels": cached.channels,
@@ -157,15 +176,21 @@ def save_runner(key: str, cached: CachedRunner) -> bool:
         "std": list(cached.stats[1]),
     }
     try:
-        with atomic_dir(entry) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet():
+            scripted = torch.jit.script(cached.runner)
+        if not _reproduces(cached.runner, scripted):
+            raise _NotReproduced
+        with atomic_dir(entry) as tmp, _quiet():
             torch.jit.save(scripted, str(tmp / "runner.pt"))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    except OSError as e:
-        log.info("runner cache: cannot write %s (%s); set EXDD_CACHE_DIR to a writable folder", entry, e)
+            if not _reproduces(cached.runner, torch.jit.load(str(tmp / "runner.pt"), map_location="cpu")):
+                raise _NotReproduced  # the folder is removed, not published
+    except _NotReproduced:
+        log.info(
+            "runner cache: the scripted copy of %s differs from it; not cached", type(cached.runner).__name__
+        )
         return False
-    except Exception as e:  # torch.jit.save's own failures: the entry is skipped, scoring goes on
+    except Exception as e:  # TorchScript's own failures (compile, run, save) or the disk's: scoring goes on
         log.info("runner cache: %s not written (%s: %s)", entry, type(e).__name__, e)
         return False
     return True
