@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -269,12 +270,18 @@ class PatchFeatureExtractor:
     def _cache_key(self, state_id: str | None) -> str | None:
         """The runner cache's key: the spec's weights, or the replacing state's id (None: not cached)."""
         try:
-            weights_id = weights_fingerprint(self.spec) if self._state is None else state_id
+            weights_id = self.weights_id if self._state is None else state_id
         except OSError:  # a missing weights file: the timm build below says how to get it
             return None
         if not weights_id:
             return None
         return runner_cache.runner_key(self.spec.name, tuple(self.spec.layers), self.spec.seed, weights_id)
+
+    @cached_property
+    def weights_id(self) -> str:
+        """`weights_fingerprint` of the spec, once: for a weights file it hashes the whole file, and both the
+        runner cache's key and the provenance ask for it."""
+        return weights_fingerprint(self.spec)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -346,7 +353,7 @@ class PatchFeatureExtractor:
         return {
             "backbone": self.spec.name,
             "weights": self.spec.weights,
-            "weights_id": weights_fingerprint(self.spec),
+            "weights_id": self.weights_id,
             "layers": list(self.spec.layers),
             "channels": self.channels,
             "patch_size": self.patch_size,
